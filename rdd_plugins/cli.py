@@ -1,0 +1,151 @@
+"""``rdd``: a thin command-line layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import RddError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE.toml", help="TOML config; flags below override it")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set distill.params.lr_img=0.05 (repeatable)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--data-root", metavar="DIR", help="where the dataset files are")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rdd", description="Robust dataset distillation with plugins.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plugins", help="list registered parts and plugins")
+    p.add_argument("--json", action="store_true", help="one JSON object: kind -> [{name, plugin, description}]")
+
+    p = sub.add_parser("distill", help="distil a dataset into a few images per class")
+    _common(p)
+    p.add_argument("--dataset")
+    p.add_argument("--ipc", type=int, help="images per class")
+    p.add_argument("--distiller")
+    p.add_argument("--regularizer")
+    p.add_argument("--backbone")
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder for the distilled set")
+
+    p = sub.add_parser("evaluate", help="train fresh models on a distilled set; clean and robust accuracy")
+    _common(p)
+    p.add_argument("set_dir", metavar="DIR", help="a distilled-set folder")
+    p.add_argument("--attack")
+    p.add_argument("--eps", nargs="+", metavar="EPS", help="pixel-unit eps values, e.g. 2/255 8/255 0.1")
+    p.add_argument("--seeds", type=int, help="number of fresh models")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--n-test", type=int, help="first N test points (0 = all)")
+    p.add_argument("--out", metavar="DIR", help="report folder (default DIR/evaluation)")
+
+    p = sub.add_parser("quickstart", help="random vs gm vs gm+curvature on Fashion-MNIST, CPU-sized")
+    _common(p)
+    p.add_argument("--out", default="runs/quickstart", metavar="DIR")
+    return parser
+
+
+def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict:
+    from .config import override_pairs
+
+    over = override_pairs(args.sets)
+    for attr, dotted in {**mapping, "device": "device", "seed": "seed", "data_root": "data.root"}.items():
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        node = over
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return over
+
+
+def cmd_plugins(args) -> int:
+    from .plugins import plugin_failures
+
+    from . import get_registry
+
+    registry = get_registry()
+    failures = [f.__dict__ for f in plugin_failures()]
+    if args.json:
+        print(json.dumps({**registry.as_dict(), "failed_plugins": failures}, indent=2))
+        return 0
+    for kind, entries in registry.as_dict().items():
+        print(f"{kind}:")
+        for e in entries:
+            print(f"  {e['name']:<16} [{e['plugin']}] {e['description']}")
+    for f in failures:
+        print(f"failed plugin {f['name']} ({f['distribution']}): {f['error']}")
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from .api import distill
+
+    over = _overrides(args, {"dataset": "data.dataset", "ipc": "distill.ipc", "distiller": "distill.distiller",
+                             "regularizer": "distill.regularizer", "backbone": "backbone.name",
+                             "iterations": "distill.iterations"})
+    result = distill(args.config, out=args.out, progress=not args.no_progress, overrides=over)
+    print(f"distilled {result.images.shape[0]} images -> {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .api import evaluate
+
+    over = _overrides(args, {"attack": "evaluate.attack", "eps": "evaluate.eps", "seeds": "evaluate.seeds",
+                             "epochs": "evaluate.epochs", "n_test": "evaluate.n_test"})
+    out = args.out or str(Path(args.set_dir) / "evaluation")
+    result = evaluate(args.set_dir, args.config, out=out, progress=not args.no_progress, overrides=over)
+    s = result["summary"]
+    robust = ", ".join(f"{k}: {v['mean']:.2f}±{v['std']:.2f}" for k, v in s["robust"].items())
+    print(f"clean {s['clean']['mean']:.2f}±{s['clean']['std']:.2f}; {result['evaluation']['attack']} {robust}")
+    print(f"report: {Path(out) / 'report.md'}")
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from .config import resolve
+    from .quickstart import run_quickstart
+
+    over = _overrides(args, {})
+    if args.config:  # a TOML file applies to every method, like --set
+        from .config import _merge, tomllib
+
+        over = _merge(tomllib.loads(Path(args.config).read_text()), over)
+    resolve(base=over)  # fail fast on a bad key before minutes of work
+    summary = run_quickstart(args.out, over, progress=not args.no_progress)
+    for r in summary["results"]:
+        s = r["summary"]
+        robust = ", ".join(f"{k}: {v['mean']:.1f}" for k, v in s["robust"].items())
+        print(f"{r['label']:<14} clean {s['clean']['mean']:.2f}±{s['clean']['std']:.2f}  pgd {robust}")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+COMMANDS = {"plugins": cmd_plugins, "distill": cmd_distill, "evaluate": cmd_evaluate, "quickstart": cmd_quickstart}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except RddError as exc:
+        print(f"rdd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rdd: interrupted; finished parts were kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Distillation: the loop, the contracts parts implement, and shared gradient-matching maths."""

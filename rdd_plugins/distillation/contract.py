@@ -1,0 +1,71 @@
+"""What the distillation loop gives a distiller, and what distillers and regularizers provide."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+from ..data import ImageData
+
+LossFn = Callable[[dict, torch.Tensor, torch.Tensor], torch.Tensor]
+Gradients = dict[str, torch.Tensor]
+
+
+@dataclass
+class DistillContext:
+    """Everything a distiller may use; built by the loop, holding no concrete component's name."""
+
+    train: ImageData  # on ``device``
+    ipc: int
+    iterations: int
+    make_model: Callable[[], nn.Module]  # a fresh, randomly initialised backbone on ``device``
+    regularizer: "Regularizer"
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        labels = self.train.labels
+        self.class_indices = [torch.nonzero(labels == c).flatten() for c in range(self.train.num_classes)]
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    def real_batch(self, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random real batch shaped (classes, per_class, C, H, W) with labels (classes, per_class).
+
+        As DC's ``get_images``: a fresh permutation of each class, first ``per_class`` taken. Classes
+        smaller than ``per_class`` shrink the batch for all classes so they stack.
+        """
+        n = min(per_class, min(len(ix) for ix in self.class_indices))
+        picks = torch.stack([ix[torch.randperm(len(ix), device=ix.device)[:n]] for ix in self.class_indices])
+        return self.train.images[picks], self.train.labels[picks]
+
+
+class Regularizer(Protocol):
+    """Turns a real batch into the parameter-gradient target of gradient matching."""
+
+    def parameter_gradient(self, loss_fn: LossFn, params: dict, images: torch.Tensor,
+                           labels: torch.Tensor) -> Gradients:
+        """Gradient w.r.t. ``params`` of ``loss_fn(params, images, labels) + penalty``.
+
+        Must be built from ``torch.func`` transforms (no ``.backward()``, no in-place updates of
+        captured tensors): the matching step maps it over classes with ``torch.func.vmap``.
+        """
+
+
+class Distiller(Protocol):
+    """A distiller owns its state; the loop owns iterations, progress and storage.
+
+    ``state`` is a dict of tensors and plain data, so a checkpoint can capture it whole.
+    """
+
+    iterations_needed: bool
+
+    def init(self, context: DistillContext) -> dict: ...
+
+    def step(self, state: dict, context: DistillContext) -> dict[str, float]: ...
+
+    def result(self, state: dict, context: DistillContext) -> tuple[torch.Tensor, torch.Tensor]: ...

@@ -1,0 +1,105 @@
+"""THE distillation loop. It names no concrete component: every part comes from the registry."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import RunConfig, resolve_device, to_toml
+from ..errors import RddError
+from ..progress import bar
+from ..registry import Registry
+from ..storage import DistilledSet, atomic_write_text, save_distilled, write_json
+from ..versions import package_versions
+from .contract import DistillContext
+
+
+def load_split(registry: Registry, config: RunConfig, split: str):
+    data = config.data
+    return registry.create("datasets", data.dataset, data.root or None, split, **data.params)
+
+
+def model_factory(registry: Registry, name: str, params: dict, dataset, device: torch.device):
+    """A zero-argument callable giving a fresh backbone for ``dataset`` on ``device``."""
+    registry.get("backbones", name)  # fail on an unknown name before any work starts
+
+    def make_model():
+        model = registry.create("backbones", name, dataset.channels, dataset.num_classes,
+                                dataset.image_size, dataset.mean, dataset.std, **params)
+        return model.to(device)
+
+    return make_model
+
+
+def run_distillation(config: RunConfig, registry: Registry, out: str | Path | None = None,
+                     progress: bool = True) -> DistilledSet:
+    """Distil ``config``'s dataset; write the set, its meta and the resolved config to ``out``."""
+    dcfg = config.distill
+    for kind, name in (("distillers", dcfg.distiller), ("regularizers", dcfg.regularizer),
+                       ("datasets", config.data.dataset), ("backbones", config.backbone.name)):
+        registry.get(kind, name)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    train = load_split(registry, config, "train")
+    train.images, train.labels = train.images.to(device), train.labels.to(device)
+    distiller = registry.create("distillers", dcfg.distiller, **dcfg.params)
+    context = DistillContext(
+        train=train,
+        ipc=dcfg.ipc,
+        iterations=dcfg.iterations,
+        make_model=model_factory(registry, config.backbone.name, config.backbone.params, train, device),
+        regularizer=registry.create("regularizers", dcfg.regularizer, **dcfg.regularizer_params),
+        device=device,
+    )
+    out_dir = Path(out) if out else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "config.toml", to_toml(config.to_dict()))
+
+    started = time.perf_counter()
+    state = distiller.init(context)
+    iterations = dcfg.iterations if getattr(distiller, "iterations_needed", True) else 0
+    history: list[dict] = []
+    completed = 0
+    interrupted = False
+    try:
+        with bar(total=iterations, desc=f"distill {dcfg.distiller}+{dcfg.regularizer}", enabled=progress) as pbar:
+            for it in range(iterations):
+                t0 = time.perf_counter()
+                losses = distiller.step(state, context)
+                bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+                if bad:
+                    raise RddError(f"iteration {it}: non-finite loss {bad}; lower the learning rates")
+                history.append({"iteration": it, "seconds": time.perf_counter() - t0, **losses})
+                completed = it + 1
+                pbar.update(1)
+                pbar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
+    except KeyboardInterrupt:
+        # Keep what was distilled so far; the meta says how far it got.
+        interrupted = True
+    images, labels = distiller.result(state, context)
+    meta = {
+        "dataset": train.meta(),
+        "ipc": dcfg.ipc,
+        "distiller": dcfg.distiller,
+        "regularizer": dcfg.regularizer,
+        "backbone": config.backbone.name,
+        "seed": config.seed,
+        "iterations": iterations,
+        "completed_iterations": completed,
+        "interrupted": interrupted,
+        "seconds": round(time.perf_counter() - started, 3),
+        "device": str(device),
+        "config": config.to_dict(),
+        "versions": package_versions(),
+    }
+    result = DistilledSet(images.detach().cpu(), labels.detach().cpu(), meta)
+    if out_dir:
+        save_distilled(out_dir, result.images, result.labels, meta)
+        write_json(out_dir / "history.json", {"history": history})
+    if interrupted:
+        raise KeyboardInterrupt
+    return result

@@ -1,0 +1,45 @@
+"""Clean and robust accuracy, counted the way the field should.
+
+Robust accuracy counts a point only when the model is right on it clean *and* attacked; only the
+clean-correct points are attacked at all (a wrong point cannot become robust).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import RddError
+from ..progress import bar
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(images[i:i + batch_size]).argmax(1) for i in range(0, images.shape[0], batch_size)])
+
+
+def clean_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    return predict(model, images, batch_size) == labels
+
+
+def robust_correct(model: nn.Module, attack: Callable, images: torch.Tensor, labels: torch.Tensor,
+                   correct: torch.Tensor, batch_size: int = 500, progress: bool = True,
+                   desc: str = "attack") -> torch.Tensor:
+    """Boolean mask: clean-correct points that the model still classifies right after ``attack``."""
+    model.eval()  # attacks must see the deployed model (no dropout, frozen BN statistics)
+    out = torch.zeros_like(correct)
+    idx = torch.nonzero(correct).flatten()
+    for start in bar(range(0, idx.numel(), batch_size), desc=desc, enabled=progress):
+        sel = idx[start:start + batch_size]
+        x, y = images[sel], labels[sel]
+        x_adv = attack(x, y)
+        if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
+            raise RddError(f"attack {desc!r} returned a batch of another shape than its input")
+        if float(x_adv.min()) < 0.0 or float(x_adv.max()) > 1.0:
+            raise RddError(f"attack {desc!r} returned images outside [0, 1]")
+        out[sel] = predict(model, x_adv.detach(), batch_size) == y
+    model.eval()
+    return out

@@ -1,0 +1,31 @@
+"""Train a fresh model on a (small) labelled set with DC's evaluation protocol."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..progress import bar
+
+
+def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int,
+                lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
+                batch_size: int = 256, progress: bool = True, desc: str = "train") -> nn.Module:
+    """SGD with momentum and weight decay; lr x0.1 at half of the epochs (DC's ``evaluate_synset``)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    n = images.shape[0]
+    model.train()
+    for epoch in bar(range(epochs), desc=desc, enabled=progress):
+        if epoch == epochs // 2:
+            for group in optimizer.param_groups:
+                group["lr"] = lr * 0.1
+        order = torch.randperm(n, device=images.device)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            loss = F.cross_entropy(model(images[idx]), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    return model

@@ -1,0 +1,72 @@
+"""Every hook of rdd-plugins, documented where it is declared.
+
+A plugin is any module or object with functions named like these hooks and marked with
+``@rdd_plugins.hookimpl``. Registration hooks receive a ``register`` callback::
+
+    register(name: str, factory: Callable, description: str = "") -> None
+
+and call it once per part they provide. Built-in parts register through these same hooks.
+Names are global per kind: registering a name that is already taken is an error.
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("rdd")
+
+
+@hookspec
+def rdd_register_datasets(register):
+    """Register datasets.
+
+    ``factory(root: str | None, split: str, **params) -> rdd_plugins.data.ImageData``.
+    ``split`` is ``"train"`` or ``"test"``. The returned images are float32 NCHW in [0, 1] with
+    int64 labels, plus the dataset's metadata (class names, channels, size, mean, std). ``root`` is
+    the user's ``--data-root`` (``None``: the factory looks in its usual places). A dataset that is
+    not available raises :class:`rdd_plugins.errors.RddError` saying how to get it.
+    """
+
+
+@hookspec
+def rdd_register_backbones(register):
+    """Register network architectures.
+
+    ``factory(in_channels: int, num_classes: int, image_size: tuple[int, int],
+    mean: tuple[float, ...], std: tuple[float, ...], **params) -> torch.nn.Module``.
+    The module takes images in [0, 1] and normalizes them with ``mean``/``std`` as its first layer;
+    it returns logits of shape ``(N, num_classes)``.
+    """
+
+
+@hookspec
+def rdd_register_distillers(register):
+    """Register distillers.
+
+    ``factory(**params) -> Distiller``; see :class:`rdd_plugins.distillation.contract.Distiller`.
+    The distillation loop owns iterations, progress and storage; a distiller owns its state through
+    ``init(context) -> state``, ``step(state, context) -> dict[str, float]`` (losses to log) and
+    ``result(state, context) -> (images, labels)``. A one-shot selector (random subset, herding) sets
+    ``iterations_needed = False`` and does its work in ``init``.
+    """
+
+
+@hookspec
+def rdd_register_regularizers(register):
+    """Register regularizers of the real-batch loss used as a gradient-matching target.
+
+    ``factory(**params) -> Regularizer``; see :class:`rdd_plugins.distillation.contract.Regularizer`:
+    ``parameter_gradient(loss_fn, params, images, labels) -> dict[str, Tensor]`` returns the
+    parameter-gradient of ``loss + penalty`` on a real batch. ``loss_fn(params, images, labels)`` is a
+    pure function (``torch.func.functional_call`` of the model), so the implementation must be
+    composable with ``torch.func.vmap`` (the matching step batches classes with it).
+    """
+
+
+@hookspec
+def rdd_register_attacks(register):
+    """Register adversarial attacks.
+
+    ``factory(model: torch.nn.Module, eps: float, **params)`` returns a callable
+    ``(images, labels) -> adversarial_images``. Images are in [0, 1] and ``eps`` is in pixel units of
+    that range (8/255 means 8 grey levels). The model normalizes internally and is already in eval
+    mode. A ``torchattacks.Attack`` instance satisfies this contract unchanged.
+    """

@@ -1,0 +1,139 @@
+"""The plugin manager: built-ins first, then entry points one by one, then ``check_pending``.
+
+A plugin that fails to import or to register is reported (``rdd plugins`` lists it) and skipped,
+not fatal, unless ``RDD_STRICT_PLUGINS=1``. ``RDD_DISABLE_PLUGINS=a,b`` blocks plugins by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from functools import partial
+from importlib import metadata
+
+import pluggy
+
+from . import hookspecs
+from .errors import RddError
+from .registry import KINDS, Registry
+
+hookimpl = pluggy.HookimplMarker("rdd")
+
+ENTRY_POINT_GROUP = "rdd_plugins"
+BUILTIN_PLUGINS = (
+    "rdd_plugins.builtin.datasets",
+    "rdd_plugins.builtin.backbones",
+    "rdd_plugins.builtin.regularizers",
+    "rdd_plugins.builtin.distillers",
+)
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    name: str
+    distribution: str
+    error: str
+
+
+_manager: pluggy.PluginManager | None = None
+_failures: list[PluginFailure] = []
+_registry: Registry | None = None
+
+
+def _strict() -> bool:
+    return os.environ.get("RDD_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
+
+
+def _fail(name: str, distribution: str, exc: BaseException) -> None:
+    failure = PluginFailure(name, distribution, f"{type(exc).__name__}: {exc}")
+    if _strict():
+        raise RddError(f"plugin {name!r} ({distribution}) failed: {failure.error}") from exc
+    _failures.append(failure)
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    # pluggy's load_setuptools_entrypoints stops at the first broken plugin; load each one alone.
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
+            continue
+        dist = ep.dist.name if ep.dist is not None else "?"
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+        except Exception as exc:  # a broken third-party plugin must not take the tool down
+            _fail(ep.name, dist, exc)
+
+
+def _check_pending(pm: pluggy.PluginManager) -> None:
+    # A hookimpl whose name matches no hookspec is a typo in a plugin; drop that plugin, report it.
+    while True:
+        try:
+            pm.check_pending()
+            return
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin) or repr(exc.plugin)
+            pm.unregister(exc.plugin)
+            _fail(name, "?", exc)
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    global _manager
+    if _manager is None:
+        pm = pluggy.PluginManager("rdd")
+        pm.add_hookspecs(hookspecs)
+        for name in filter(None, (n.strip() for n in os.environ.get("RDD_DISABLE_PLUGINS", "").split(","))):
+            pm.set_blocked(name)
+        for module_name in BUILTIN_PLUGINS:
+            pm.register(importlib.import_module(module_name), name=module_name)
+        _load_entry_points(pm)
+        _check_pending(pm)
+        _manager = pm
+    return _manager
+
+
+def get_registry() -> Registry:
+    """The registry of every part from every loaded plugin (built once, then cached)."""
+    global _registry
+    if _registry is None:
+        pm = get_plugin_manager()
+        registry = Registry()
+        for kind in KINDS:
+            hook = getattr(pm.hook, f"rdd_register_{kind}")
+            # Call each plugin's implementation alone, so every entry knows which plugin made it
+            # and one plugin's error does not hide the others' parts.
+            for impl in hook.get_hookimpls():  # registration order: built-ins first
+                try:
+                    impl.function(register=partial(registry.add, kind, plugin=impl.plugin_name))
+                except Exception as exc:
+                    _fail(impl.plugin_name, "?", exc)
+        _registry = registry
+    return _registry
+
+
+def plugin_failures() -> list[PluginFailure]:
+    get_registry()
+    return list(_failures)
+
+
+def register_plugin(plugin: object, name: str | None = None) -> str:
+    """Register a plugin object in-process (tests, notebooks); the registry is rebuilt."""
+    global _registry
+    registered = get_plugin_manager().register(plugin, name=name)
+    _check_pending(get_plugin_manager())
+    _registry = None
+    return registered
+
+
+def unregister_plugin(name: str) -> None:
+    global _registry
+    get_plugin_manager().unregister(name=name)
+    _registry = None
+
+
+def reset() -> None:
+    """Forget the manager and registry; the next call loads plugins again (env vars re-read)."""
+    global _manager, _registry
+    _manager = None
+    _registry = None
+    _failures.clear()

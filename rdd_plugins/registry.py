@@ -1,0 +1,77 @@
+"""Name -> factory tables, one per kind of part. Unknown names fail listing the known ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import RddError, UnknownNameError
+
+KINDS = ("datasets", "backbones", "distillers", "regularizers", "attacks")
+_SINGULAR = {
+    "datasets": "dataset",
+    "backbones": "backbone",
+    "distillers": "distiller",
+    "regularizers": "regularizer",
+    "attacks": "attack",
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    description: str
+    plugin: str
+
+
+class Registry:
+    """All parts that plugins registered, by kind and name."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+
+    def add(self, kind: str, name: str, factory: Callable[..., Any], description: str = "",
+            *, plugin: str = "?") -> None:
+        if not isinstance(name, str) or not name:
+            raise RddError(f"plugin {plugin!r} registered a {_SINGULAR[kind]} with an empty or non-string name")
+        if not callable(factory):
+            raise RddError(f"plugin {plugin!r} registered {_SINGULAR[kind]} {name!r} with a factory that is not callable")
+        table = self._entries[kind]
+        if name in table:
+            raise RddError(
+                f"{_SINGULAR[kind]} {name!r} from plugin {plugin!r} is already registered by plugin "
+                f"{table[name].plugin!r}"
+            )
+        table[name] = Entry(kind, name, factory, description, plugin)
+
+    def get(self, kind: str, name: str) -> Entry:
+        table = self._entries[kind]
+        if name not in table:
+            known = ", ".join(sorted(table)) or "(none)"
+            raise UnknownNameError(f"unknown {_SINGULAR[kind]} {name!r}; known: {known}")
+        return table[name]
+
+    def create(self, kind: str, name: str, *args: Any, **params: Any) -> Any:
+        """Build a part: ``factory(*args, **params)``; bad parameters are a one-line error."""
+        entry = self.get(kind, name)
+        try:
+            return entry.factory(*args, **params)
+        except TypeError as exc:
+            # A wrong keyword in a user's config is the common case; say which part rejected it.
+            if "argument" in str(exc):
+                raise RddError(f"{_SINGULAR[kind]} {name!r}: {exc}") from exc
+            raise
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._entries[kind])
+
+    def as_dict(self) -> dict[str, list[dict[str, str]]]:
+        return {
+            kind: [
+                {"name": e.name, "plugin": e.plugin, "description": e.description}
+                for e in sorted(self._entries[kind].values(), key=lambda e: e.name)
+            ]
+            for kind in KINDS
+        }

@@ -1,0 +1,105 @@
+"""A distilled set on disk: ``images.safetensors`` (images, labels) + ``meta.json``. No pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .data import check_image_batch
+from .errors import RddError
+
+IMAGES_FILE = "images.safetensors"
+META_FILE = "meta.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class DistilledSet:
+    images: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
+    labels: torch.Tensor  # (N,) int64
+    meta: dict  # dataset metadata, ipc, distiller, regularizer, backbone, config, seed, versions
+
+    @property
+    def dataset(self) -> dict:
+        return self.meta["dataset"]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write then rename, so an interrupted run never leaves a half-written file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def save_distilled(folder: str | Path, images: torch.Tensor, labels: torch.Tensor, meta: dict) -> Path:
+    folder = Path(folder)
+    num_classes = len(meta["dataset"]["classes"])
+    images = images.detach().float().cpu().contiguous()
+    labels = labels.detach().long().cpu().contiguous()
+    check_image_batch(images, labels, num_classes, what="distilled set")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".images.")
+    os.close(fd)
+    try:
+        save_file({"images": images, "labels": labels}, tmp, metadata={"format": "rdd-distilled"})
+        os.replace(tmp, folder / IMAGES_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    write_json(folder / META_FILE, {"format_version": FORMAT_VERSION, **meta})
+    return folder
+
+
+def load_distilled(folder: str | Path) -> DistilledSet:
+    """Load and validate a distilled-set folder; any problem is a one-line RddError."""
+    folder = Path(folder)
+    images_path, meta_path = folder / IMAGES_FILE, folder / META_FILE
+    if not folder.is_dir():
+        raise RddError(f"{folder} is not a distilled-set folder (it does not exist)")
+    for p in (images_path, meta_path):
+        if not p.is_file():
+            raise RddError(f"{folder} is not a distilled-set folder: {p.name} is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RddError(f"{meta_path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("dataset"), dict) or \
+            not isinstance(meta["dataset"].get("classes"), list):
+        raise RddError(f"{meta_path}: missing the 'dataset' table with its 'classes'")
+    try:
+        tensors = load_file(str(images_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RddError(f"{images_path}: not a readable safetensors file ({exc})") from None
+    if set(tensors) != {"images", "labels"}:
+        raise RddError(f"{images_path}: expected tensors 'images' and 'labels', found {sorted(tensors)}")
+    images, labels = tensors["images"], tensors["labels"]
+    check_image_batch(images, labels, len(meta["dataset"]["classes"]), what=str(images_path))
+    ds = meta["dataset"]
+    expected = (ds.get("channels"), *ds.get("image_size", [None, None]))
+    if tuple(images.shape[1:]) != tuple(expected):
+        raise RddError(f"{images_path}: images of shape {tuple(images.shape[1:])} but meta.json says {expected}")
+    if "ipc" in meta and images.shape[0] != meta["ipc"] * len(ds["classes"]):
+        raise RddError(f"{images_path}: {images.shape[0]} images but meta.json says ipc {meta['ipc']} "
+                       f"x {len(ds['classes'])} classes")
+    return DistilledSet(images, labels, meta)

@@ -1,0 +1,117 @@
+"""The ``rdd`` command as a user runs it: a real subprocess, exit codes, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RDD = [str(Path(sys.executable).parent / "rdd")]
+TINY = ["--set", 'data.params={num_classes = 3, image_size = 8, per_class = 12}',
+        "--set", "backbone.params={width = 4, depth = 2}",
+        "--set", "distill.params={batch_real = 8, outer_loop = 2, inner_loop = 1}",
+        "--device", "cpu", "--no-progress"]
+TINY_EVAL = ["--set", "evaluate.epochs=5", "--set", "evaluate.attack_params={steps = 2}"]
+
+
+def rdd(*args, check=True):
+    env = {**os.environ, "RDD_NO_PROGRESS": "1"}
+    proc = subprocess.run([*RDD, *args], capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rdd {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_plugins_json_lists_every_kind():
+    out = json.loads(rdd("plugins", "--json").stdout)
+    for kind, name in [("datasets", "fashion-mnist"), ("datasets", "synthetic"), ("backbones", "convnet"),
+                       ("distillers", "gm"), ("regularizers", "curvature"), ("attacks", "pgd")]:
+        assert name in [e["name"] for e in out[kind]], (kind, name)
+    entry = next(e for e in out["regularizers"] if e["name"] == "curvature")
+    assert set(entry) == {"name", "plugin", "description"} and entry["description"]
+    assert out["failed_plugins"] == []
+
+
+def test_distill_then_evaluate_on_synthetic(tmp_path):
+    out = tmp_path / "run"
+    rdd("distill", "--dataset", "synthetic", "--ipc", "2", "--distiller", "gm", "--regularizer", "curvature",
+        "--backbone", "convnet", "--iterations", "2", "--seed", "3", "--out", str(out), *TINY)
+    assert {"images.safetensors", "meta.json", "config.toml", "history.json"} <= {p.name for p in out.iterdir()}
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["regularizer"] == "curvature" and meta["seed"] == 3 and meta["config"]["distill"]["ipc"] == 2
+    assert "torch" in meta["versions"]
+
+    proc = rdd("evaluate", str(out), "--attack", "fgsm", "--eps", "2/255", "0.1", "--seeds", "2",
+               "--out", str(tmp_path / "eval"), "--set", "evaluate.epochs=5", "--no-progress")
+    assert "clean" in proc.stdout
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    (r,) = results["results"]
+    assert r["evaluation"]["attack"] == "fgsm" and r["evaluation"]["eps"] == ["2/255", "0.1"]
+    assert len(r["per_seed"]) == 2 and results["config"]["seed"] == 3
+
+
+def test_config_file_with_cli_override(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[distill]\nipc = 3\niterations = 1\nregularizer = "curvature"\n'
+                   '[distill.regularizer_params]\nh = 0.5\nlam = 2.0\n')
+    rdd("distill", "--config", str(cfg), "--dataset", "synthetic", "--ipc", "1", "--out", str(tmp_path / "r"), *TINY)
+    meta = json.loads((tmp_path / "r" / "meta.json").read_text())
+    assert meta["ipc"] == 1  # the flag wins over the file
+    assert meta["config"]["distill"]["regularizer_params"] == {"h": 0.5, "lam": 2.0}
+    written = (tmp_path / "r" / "config.toml").read_text()
+    assert "ipc = 1" in written and 'regularizer = "curvature"' in written
+
+
+def test_quickstart_runs_end_to_end_on_synthetic(tmp_path):
+    out = tmp_path / "qs"
+    proc = rdd("quickstart", "--out", str(out), "--set", 'data.dataset="synthetic"', "--set", "distill.iterations=1",
+               "--set", "distill.ipc=2", "--set", "evaluate.n_test=30", "--set", 'evaluate.eps=["4/255"]',
+               *TINY, *TINY_EVAL)
+    report = (out / "report.md").read_text()
+    for label in ("random", "gm", "gm+curvature"):
+        assert f"| {label} |" in report
+        assert (out / f"images_{label.replace('+', '_')}.png").stat().st_size > 1000
+    assert (out / "robust_vs_eps.png").exists()
+    results = json.loads((out / "results.json").read_text())
+    assert [r["label"] for r in results["results"]] == ["random", "gm", "gm+curvature"]
+    assert "gm+curvature" in proc.stdout
+    # A second run reuses the finished sets instead of distilling again.
+    rdd("quickstart", "--out", str(out), "--set", 'data.dataset="synthetic"', "--set", "distill.iterations=1",
+        "--set", "distill.ipc=2", "--set", "evaluate.n_test=30", "--set", 'evaluate.eps=["4/255"]', *TINY, *TINY_EVAL)
+    timings = json.loads((out / "results.json").read_text())["timings"]
+    assert all(t["reused_distilled_set"] for t in timings.values())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["distill", "--dataset", "synthetic", "--distiller", "gmm", "--out", "X"], "unknown distiller 'gmm'; known: gm, random"),
+    (["distill", "--dataset", "synthetic", "--regularizer", "cure2", "--out", "X"], "unknown regularizer 'cure2'"),
+    (["distill", "--dataset", "synthetic", "--ipc", "0", "--out", "X"], "ipc must be a positive integer"),
+    (["distill", "--dataset", "cifar10", "--data-root", "EMPTY", "--out", "X"], "cifar10 not found"),
+    (["distill", "--dataset", "synthetic", "--set", "distill.ipcs=3", "--out", "X"], "unknown config key distill.'ipcs'"),
+    (["distill", "--config", "missing.toml", "--out", "X"], "config file missing.toml does not exist"),
+    (["evaluate", "NOPE"], "does not exist"),
+    (["evaluate", "BADRANGE"], "must lie in [0, 1]"),
+    (["evaluate", "GOOD", "--eps", "8"], "eps '8' is outside [0, 1]"),
+    (["evaluate", "GOOD", "--attack", "pgdd"], "unknown attack 'pgdd'"),
+])
+def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
+    import torch
+    from safetensors.torch import save_file
+
+    from rdd_plugins.storage import save_distilled
+
+    meta = {"dataset": {"name": "synthetic", "classes": ["a", "b"], "channels": 1, "image_size": [4, 4],
+                        "mean": [0.5], "std": [0.25]}, "ipc": 1}
+    save_distilled(tmp_path / "GOOD", torch.rand(2, 1, 4, 4), torch.tensor([0, 1]), meta)
+    save_distilled(tmp_path / "BADRANGE", torch.rand(2, 1, 4, 4), torch.tensor([0, 1]), meta)
+    save_file({"images": torch.rand(2, 1, 4, 4) + 1, "labels": torch.tensor([0, 1])},
+              tmp_path / "BADRANGE" / "images.safetensors")
+    (tmp_path / "EMPTY").mkdir()
+    args = [str(tmp_path / a) if a in ("NOPE", "BADRANGE", "GOOD", "EMPTY", "X") else a for a in args]
+    proc = rdd(*args, check=False, )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("rdd: error: ") and message in lines[0], lines[0]

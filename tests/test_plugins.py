@@ -1,0 +1,119 @@
+import inspect
+from importlib import metadata
+
+import pytest
+
+import rdd_plugins
+from rdd_plugins import hookimpl, hookspecs, plugins
+from rdd_plugins.errors import RddError, UnknownNameError
+
+EXPECTED = {
+    "datasets": {"fashion-mnist", "cifar10", "cifar100", "synthetic"},
+    "backbones": {"convnet"},
+    "distillers": {"gm", "random"},
+    "regularizers": {"none", "curvature"},
+    "attacks": {"pgd", "fgsm"},
+}
+
+
+def test_builtin_and_integration_parts_are_registered():
+    registry = rdd_plugins.get_registry()
+    for kind, names in EXPECTED.items():
+        assert names <= set(registry.names(kind)), kind
+    assert plugins.plugin_failures() == []
+    # Integrations come through the entry-point group, named by their entry point.
+    assert registry.get("attacks", "pgd").plugin == "torchattacks"
+    assert registry.get("datasets", "fashion-mnist").plugin == "torchvision"
+
+
+def test_unknown_name_lists_known_names():
+    with pytest.raises(UnknownNameError) as err:
+        rdd_plugins.get_registry().get("regularizers", "curvatur")
+    message = str(err.value)
+    assert "unknown regularizer 'curvatur'" in message and "curvature" in message and "none" in message
+    assert "\n" not in message
+
+
+def test_in_process_plugin_registers_and_unregisters():
+    class EchoAttack:
+        @hookimpl
+        def rdd_register_attacks(self, register):
+            register("identity", lambda model, eps, **kw: (lambda x, y: x), "returns its input")
+
+    plugins.register_plugin(EchoAttack(), name="echo")
+    try:
+        entry = rdd_plugins.get_registry().get("attacks", "identity")
+        assert entry.plugin == "echo"
+        attack = rdd_plugins.get_registry().create("attacks", "identity", None, 0.1)
+        assert attack("x", "y") == "x"
+    finally:
+        plugins.unregister_plugin("echo")
+    assert "identity" not in rdd_plugins.get_registry().names("attacks")
+
+
+def test_duplicate_name_from_another_plugin_is_reported_not_fatal():
+    class Clash:
+        @hookimpl
+        def rdd_register_backbones(self, register):
+            register("convnet", lambda *a, **k: None)
+
+    plugins.register_plugin(Clash(), name="clash")
+    registry = rdd_plugins.get_registry()
+    assert registry.get("backbones", "convnet").plugin == "rdd_plugins.builtin.backbones"
+    failures = plugins.plugin_failures()
+    assert any(f.name == "clash" and "already registered" in f.error for f in failures)
+
+
+def test_hookimpl_with_a_typo_is_dropped_and_reported():
+    class Typo:
+        @hookimpl
+        def rdd_register_atacks(self, register):
+            pass
+
+    plugins.register_plugin(Typo(), name="typo")
+    assert any(f.name == "typo" for f in plugins.plugin_failures())
+    assert not plugins.get_plugin_manager().has_plugin("typo")
+
+
+class _BrokenEntryPoint:
+    name = "broken"
+    dist = None
+
+    def load(self):
+        raise ImportError("no module named 'missing_dependency'")
+
+
+def test_broken_entry_point_is_reported_and_skipped(monkeypatch):
+    real = metadata.entry_points
+
+    def fake(group):
+        return [*real(group=group), _BrokenEntryPoint()]
+
+    monkeypatch.setattr(plugins.metadata, "entry_points", fake)
+    registry = rdd_plugins.get_registry()
+    assert "pgd" in registry.names("attacks")  # the others still load
+    (failure,) = [f for f in plugins.plugin_failures() if f.name == "broken"]
+    assert "missing_dependency" in failure.error
+
+    plugins.reset()
+    monkeypatch.setenv("RDD_STRICT_PLUGINS", "1")
+    with pytest.raises(RddError, match="broken"):
+        rdd_plugins.get_registry()
+
+
+def test_disabled_plugin_is_not_loaded(monkeypatch):
+    monkeypatch.setenv("RDD_DISABLE_PLUGINS", "torchattacks")
+    assert "pgd" not in rdd_plugins.get_registry().names("attacks")
+
+
+def test_every_hookspec_is_documented_and_takes_register():
+    specs = [f for name, f in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("rdd_")]
+    assert {f.__name__ for f in specs} == {f"rdd_register_{k}" for k in EXPECTED}
+    for f in specs:
+        assert f.__doc__ and len(f.__doc__.strip()) > 80, f.__name__
+        assert list(inspect.signature(f).parameters) == ["register"]
+
+
+def test_bad_factory_parameter_is_a_one_line_error():
+    with pytest.raises(RddError, match="regularizer 'curvature'"):
+        rdd_plugins.get_registry().create("regularizers", "curvature", radius=3)
