@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import RunConfig, config_from_dict, resolve, to_toml
+from .config import RunConfig, config_from_dict, merge, resolve, to_toml
 from .errors import RddError
 from .evaluation.pipeline import evaluate_set
 from .evaluation.report import plot_image_grid, write_report
@@ -14,30 +14,32 @@ from .storage import DistilledSet, atomic_write_text, load_distilled
 
 def _as_config(config: RunConfig | dict | str | Path | None, overrides: dict | None) -> RunConfig:
     if isinstance(config, RunConfig):
-        return config_from_dict(_deep_update(config.to_dict(), overrides or {}))
+        return config_from_dict(merge(config.to_dict(), overrides or {}))
     if isinstance(config, dict):
         return resolve(base=config, overrides=overrides)
     return resolve(config_file=config, overrides=overrides)
 
 
-def _deep_update(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for k, v in override.items():
-        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
-            and not k.endswith("params") else v
-    return out
-
-
 def distill(config: RunConfig | dict | str | Path | None = None, *, out: str | Path | None = None,
-            progress: bool = True, overrides: dict | None = None) -> DistilledSet:
+            progress: bool = True, overrides: dict | None = None, resume: bool = False) -> DistilledSet:
     """Distil a dataset. ``config``: a RunConfig, a nested dict, or a TOML path; ``overrides`` wins.
+
+    ``resume=True`` continues the run in ``out`` from its last checkpoint, with the config saved
+    there (pass no ``config``; ``overrides`` may only change ``device``).
 
     >>> distill({"data": {"dataset": "synthetic"}, "distill": {"ipc": 1, "iterations": 2}})  # doctest: +SKIP
     """
     from .distillation.loop import run_distillation
 
+    if resume:
+        if out is None:
+            raise RddError("resume needs the run folder (out=...)")
+        if config is not None or set(overrides or {}) - {"device"}:
+            raise RddError(f"resume continues the run exactly as {Path(out) / 'config.toml'} says; "
+                           f"only the device may be changed")
+        config = Path(out) / "config.toml"
     cfg = _as_config(config, overrides)
-    return run_distillation(cfg, get_registry(), out, progress=progress)
+    return run_distillation(cfg, get_registry(), out, progress=progress, resume=resume)
 
 
 def evaluation_config(distilled: DistilledSet, config: RunConfig | dict | str | Path | None = None,
@@ -45,9 +47,9 @@ def evaluation_config(distilled: DistilledSet, config: RunConfig | dict | str | 
     """The set's own run config (dataset, backbone, seed) with the caller's evaluation settings on top."""
     base = dict(distilled.meta.get("config") or {})
     if isinstance(config, RunConfig):
-        base = _deep_update(base, config.to_dict())
+        base = merge(base, config.to_dict())
     elif isinstance(config, dict):
-        base = _deep_update(base, config)
+        base = merge(base, config)
     elif config is not None:
         return resolve(config_file=config, overrides=overrides, base=base)
     return resolve(base=base, overrides=overrides)

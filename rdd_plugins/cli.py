@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regularizer")
     p.add_argument("--backbone")
     p.add_argument("--iterations", type=int)
-    p.add_argument("--out", required=True, metavar="DIR", help="run folder for the distilled set")
+    p.add_argument("--out", metavar="DIR", help="run folder for the distilled set and its checkpoints")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
 
     p = sub.add_parser("evaluate", help="train fresh models on a distilled set; clean and robust accuracy")
     _common(p)
@@ -94,8 +95,21 @@ def cmd_distill(args) -> int:
     over = _overrides(args, {"dataset": "data.dataset", "ipc": "distill.ipc", "distiller": "distill.distiller",
                              "regularizer": "distill.regularizer", "backbone": "backbone.name",
                              "iterations": "distill.iterations"})
-    result = distill(args.config, out=args.out, progress=not args.no_progress, overrides=over)
-    print(f"distilled {result.images.shape[0]} images -> {args.out}")
+    if args.resume:
+        if args.out and Path(args.out) != Path(args.resume):
+            raise RddError("--resume DIR writes into DIR; drop --out")
+        extra = sorted(set(over) - {"device"})
+        if args.config or extra:
+            raise RddError(f"--resume continues the run as {Path(args.resume) / 'config.toml'} says; "
+                           f"drop {', '.join(['--config'] * bool(args.config) + extra)}")
+        out = args.resume
+    elif not args.out:
+        raise RddError("distill needs --out DIR (or --resume DIR)")
+    else:
+        out = args.out
+    result = distill(None if args.resume else args.config, out=out, progress=not args.no_progress,
+                     overrides=over, resume=bool(args.resume))
+    print(f"distilled {result.images.shape[0]} images -> {out}")
     return 0
 
 
@@ -114,14 +128,12 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    from .config import resolve
+    from .config import load_toml, merge, resolve
     from .quickstart import run_quickstart
 
     over = _overrides(args, {})
     if args.config:  # a TOML file applies to every method, like --set
-        from .config import _merge, tomllib
-
-        over = _merge(tomllib.loads(Path(args.config).read_text()), over)
+        over = merge(load_toml(args.config), over)
     resolve(base=over)  # fail fast on a bad key before minutes of work
     summary = run_quickstart(args.out, over, progress=not args.no_progress)
     for r in summary["results"]:

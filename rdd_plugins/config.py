@@ -6,6 +6,7 @@ produced it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import re
@@ -45,6 +46,7 @@ class DistillConfig:
     params: dict = field(default_factory=dict)
     regularizer: str = "none"
     regularizer_params: dict = field(default_factory=dict)
+    checkpoint_every: int = 10  # iterations between checkpoints in the run folder; 0 = none
 
 
 @dataclass
@@ -82,6 +84,8 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         if self.distill.ipc <= 0:
             raise RddError(f"ipc must be a positive integer, got {self.distill.ipc}")
+        if self.distill.checkpoint_every < 0:
+            raise RddError("distill.checkpoint_every must be >= 0")
         if self.distill.iterations < 0:
             raise RddError(f"iterations must be >= 0, got {self.distill.iterations}")
         if self.evaluate.seeds <= 0 or self.evaluate.epochs < 0:
@@ -152,19 +156,29 @@ def override_pairs(pairs: list[str]) -> dict:
     return out
 
 
+def load_toml(config_file: str | Path) -> dict:
+    path = Path(config_file)
+    if not path.is_file():
+        raise RddError(f"config file {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RddError(f"config file {path}: {exc}") from None
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Nested merge into a fresh tree (inputs untouched); a ``*params`` table is replaced whole,
+    because parameters belong to one part and another part's keys would be rejected by it."""
+    return copy.deepcopy(_merge(base, override))
+
+
 def resolve(config_file: str | Path | None = None, overrides: dict | None = None,
             base: dict | None = None) -> RunConfig:
     """defaults <- base (e.g. a preset) <- TOML file <- overrides; validated."""
     data = base or {}
     if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise RddError(f"config file {path} does not exist")
-        try:
-            data = _merge(data, tomllib.loads(path.read_text()))
-        except tomllib.TOMLDecodeError as exc:
-            raise RddError(f"config file {path}: {exc}") from None
-    data = _merge(data, overrides or {})
+        data = _merge(data, load_toml(config_file))
+    data = merge(data, overrides or {})
     return _from_dict(RunConfig, data, "").validate()
 
 

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from .config import RunConfig, resolve
+from .config import RunConfig, merge, resolve
 from .distillation.loop import run_distillation
 from .errors import RddError
 from .evaluation.pipeline import evaluate_set, load_test_split
@@ -48,14 +48,6 @@ METHODS = {
 }
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
-            and not k.endswith("params") else copy.deepcopy(v)
-    return out
-
-
 def method_configs(overrides: dict | None = None) -> dict[str, RunConfig]:
     """One config per method: QUICKSTART <- the method <- the user's overrides.
 
@@ -67,7 +59,7 @@ def method_configs(overrides: dict | None = None) -> dict[str, RunConfig]:
         over = copy.deepcopy(overrides or {})
         if method["distill"]["distiller"] == "random":
             over.get("distill", {}).pop("params", None)
-        configs[label] = resolve(base=_merge(QUICKSTART, method), overrides=over)
+        configs[label] = resolve(base=merge(QUICKSTART, method), overrides=over)
     return configs
 
 

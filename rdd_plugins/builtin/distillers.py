@@ -47,6 +47,7 @@ class GradientMatching:
     The images are optimised in normalized units (x - mean) / std, the space DC's lr_img was tuned
     in, and projected onto [0, 1] pixels after every step when ``clamp`` (DC never clips; our
     contract needs [0, 1] images, and the projection keeps what is trained equal to what is saved).
+    ``clamp=false`` optimises unconstrained, as DC does, and clips once at the end.
     """
 
     iterations_needed = True
@@ -143,9 +144,9 @@ class GradientMatching:
 
     def result(self, state: dict, context: DistillContext):
         mean, std = _stats(context)
-        images = (state["latent"] * std + mean).detach()
-        if self.clamp:  # undo float rounding at the bounds
-            images = images.clamp(0.0, 1.0)
+        # Stored sets are [0, 1] images: with ``clamp`` this only undoes float rounding at the
+        # bounds; without it (DC's unconstrained images) it is a single clip at the end.
+        images = (state["latent"] * std + mean).detach().clamp(0.0, 1.0)
         return images.contiguous(), state["labels"].clone()
 
 

@@ -1,4 +1,9 @@
-"""THE distillation loop. It names no concrete component: every part comes from the registry."""
+"""THE distillation loop. It names no concrete component: every part comes from the registry.
+
+The loop owns iterations, progress, the NaN guard, checkpoints and storage; the distiller owns its
+state. With a run folder, a checkpoint is written every ``distill.checkpoint_every`` iterations and
+``resume=True`` continues from the last one, bit-identically on CPU.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from ..config import RunConfig, resolve_device, to_toml
 from ..errors import RddError
 from ..progress import bar
@@ -34,13 +40,22 @@ def model_factory(registry: Registry, name: str, params: dict, dataset, device: 
     return make_model
 
 
+def _non_finite(losses: dict[str, float], state: dict) -> str:
+    bad = [f"{k}={v}" for k, v in losses.items() if not math.isfinite(v)]
+    bad += [f"state {k}" for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    return ", ".join(bad)
+
+
 def run_distillation(config: RunConfig, registry: Registry, out: str | Path | None = None,
-                     progress: bool = True) -> DistilledSet:
+                     progress: bool = True, resume: bool = False) -> DistilledSet:
     """Distil ``config``'s dataset; write the set, its meta and the resolved config to ``out``."""
     dcfg = config.distill
     for kind, name in (("distillers", dcfg.distiller), ("regularizers", dcfg.regularizer),
                        ("datasets", config.data.dataset), ("backbones", config.backbone.name)):
         registry.get(kind, name)
+    if resume and not out:
+        raise RddError("resume needs the run folder")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     train = load_split(registry, config, "train")
@@ -60,25 +75,33 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
         atomic_write_text(out_dir / "config.toml", to_toml(config.to_dict()))
 
     started = time.perf_counter()
-    state = distiller.init(context)
     iterations = dcfg.iterations if getattr(distiller, "iterations_needed", True) else 0
-    history: list[dict] = []
-    completed = 0
+    if resume:
+        completed, state, history, rng = load_checkpoint(out_dir, device)
+        restore_rng(rng)
+    else:
+        state = distiller.init(context)
+        completed, history = 0, []
+    checkpointing = bool(out_dir and dcfg.checkpoint_every and iterations)
     interrupted = False
     try:
-        with bar(total=iterations, desc=f"distill {dcfg.distiller}+{dcfg.regularizer}", enabled=progress) as pbar:
-            for it in range(iterations):
+        with bar(total=iterations, initial=completed, desc=f"distill {dcfg.distiller}+{dcfg.regularizer}",
+                 enabled=progress) as pbar:
+            for it in range(completed, iterations):
                 t0 = time.perf_counter()
                 losses = distiller.step(state, context)
-                bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+                bad = _non_finite(losses, state)
                 if bad:
-                    raise RddError(f"iteration {it}: non-finite loss {bad}; lower the learning rates")
-                history.append({"iteration": it, "seconds": time.perf_counter() - t0, **losses})
+                    kept = f"; the last good checkpoint (iteration {completed}) is kept" if checkpointing else ""
+                    raise RddError(f"iteration {it}: non-finite {bad}{kept}; lower the learning rates")
+                history.append({"iteration": it, "seconds": round(time.perf_counter() - t0, 4), **losses})
                 completed = it + 1
+                if checkpointing and (completed % dcfg.checkpoint_every == 0 or completed == iterations):
+                    save_checkpoint(out_dir, iteration=completed, state=state, history=history)
                 pbar.update(1)
                 pbar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
     except KeyboardInterrupt:
-        # Keep what was distilled so far; the meta says how far it got.
+        # Keep what was distilled so far (the meta says how far it got); resume from the checkpoint.
         interrupted = True
     images, labels = distiller.result(state, context)
     meta = {

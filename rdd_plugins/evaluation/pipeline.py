@@ -14,6 +14,7 @@ import torch
 from ..config import RunConfig, parse_eps, resolve_device
 from ..data import ImageData
 from ..distillation.loop import load_split, model_factory
+from ..errors import RddError
 from ..registry import Registry
 from ..storage import DistilledSet
 from .robust import clean_correct, robust_correct
@@ -46,6 +47,11 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
     backbone_params = ecfg.backbone_params if ecfg.backbone else {**config.backbone.params, **ecfg.backbone_params}
     registry.get("attacks", ecfg.attack)
     test = test or load_test_split(registry, config)
+    if tuple(distilled.images.shape[1:]) != tuple(test.images.shape[1:]) or \
+            len(distilled.dataset["classes"]) != test.num_classes:
+        raise RddError(f"the distilled set ({tuple(distilled.images.shape[1:])}, {len(distilled.dataset['classes'])} "
+                       f"classes) does not fit test data {test.name!r} ({tuple(test.images.shape[1:])}, "
+                       f"{test.num_classes} classes)")
     x_test, y_test = test.images.to(device), test.labels.to(device)
     images, labels = distilled.images.to(device), distilled.labels.to(device)
     make_model = model_factory(registry, backbone, backbone_params, test, device)

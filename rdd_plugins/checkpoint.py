@@ -1,0 +1,82 @@
+"""Checkpoints of a distillation run: one safetensors file, written atomically (write, then rename).
+
+It holds the distiller's state (tensors, plus plain JSON data in the file's metadata), the RNG
+states, the iteration and the loss history, so a resumed run continues bit-identically on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import RddError
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+def capture_rng() -> dict[str, torch.Tensor]:
+    rng = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"rng.cuda.{i}"] = s
+    return rng
+
+
+def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["rng.cpu"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_checkpoint(folder: str | Path, *, iteration: int, state: dict, history: list[dict]) -> Path:
+    """Save after ``iteration`` finished iterations; ``state`` is tensors and JSON-able values."""
+    folder = Path(folder)
+    tensors = capture_rng()
+    plain = {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            tensors[f"state.{key}"] = value.detach().cpu().contiguous().clone()
+        else:
+            try:
+                json.dumps(value)
+            except TypeError:
+                raise RddError(f"distiller state {key!r} is neither a tensor nor JSON data; "
+                               f"a checkpoint cannot hold it") from None
+            plain[key] = value
+    doc = json.dumps({"iteration": iteration, "state": plain, "history": history})
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".checkpoint.")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "rdd-checkpoint", "json": doc})
+        os.replace(tmp, folder / CHECKPOINT_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return folder / CHECKPOINT_FILE
+
+
+def load_checkpoint(folder: str | Path, device: torch.device) -> tuple[int, dict, list[dict], dict]:
+    """-> (iteration, state on ``device``, history, rng tensors for :func:`restore_rng`)."""
+    path = Path(folder) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise RddError(f"no checkpoint in {folder} ({CHECKPOINT_FILE} is missing); nothing to resume")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        doc = json.loads(meta["json"])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
+        raise RddError(f"{path}: not a readable checkpoint ({exc})") from None
+    state = dict(doc["state"])
+    for key, value in tensors.items():
+        if key.startswith("state."):
+            state[key[len("state."):]] = value.to(device)
+    rng = {k: v for k, v in tensors.items() if k.startswith("rng.")}
+    return int(doc["iteration"]), state, list(doc["history"]), rng

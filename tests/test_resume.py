@@ -1,0 +1,110 @@
+"""Checkpoints and exact resume: a run killed with SIGKILL and resumed ends bit-identical."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import rdd_plugins
+from rdd_plugins.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from rdd_plugins.errors import RddError
+
+RDD = str(Path(sys.executable).parent / "rdd")
+ARGS = ["--dataset", "synthetic", "--ipc", "2", "--regularizer", "curvature", "--iterations", "8", "--seed", "5",
+        "--set", 'data.params={num_classes = 3, image_size = 8, per_class = 12}',
+        "--set", "backbone.params={width = 4, depth = 2}",
+        "--set", "distill.params={batch_real = 8, outer_loop = 3, inner_loop = 2}",
+        "--set", "distill.regularizer_params={h = 0.3, lam = 1.0}",
+        "--set", "distill.checkpoint_every=1", "--device", "cpu", "--no-progress"]
+
+
+def checkpoint_iteration(folder: Path) -> int:
+    try:
+        return load_checkpoint(folder, torch.device("cpu"))[0]
+    except RddError:
+        return 0
+
+
+@pytest.mark.parametrize("kill_after", [1, 4])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after):
+    reference = tmp_path / "reference"
+    subprocess.run([RDD, "distill", *ARGS, "--out", str(reference)], check=True, capture_output=True, timeout=600)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([RDD, "distill", *ARGS, "--out", str(run)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while checkpoint_iteration(run) < kill_after and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "meta.json").exists(), "the run finished before it was killed; make it longer"
+    reached = checkpoint_iteration(run)
+    assert 1 <= reached < 8
+
+    subprocess.run([RDD, "distill", "--resume", str(run), "--no-progress"], check=True, capture_output=True,
+                   timeout=600)
+    a, b = rdd_plugins.load_distilled(reference), rdd_plugins.load_distilled(run)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    history = json.loads((run / "history.json").read_text())["history"]
+    assert [h["iteration"] for h in history] == list(range(8))
+    ref_losses = [h["match_loss"] for h in json.loads((reference / "history.json").read_text())["history"]]
+    assert [h["match_loss"] for h in history] == ref_losses
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "config.toml").write_text('[data]\ndataset = "synthetic"\n')
+    with pytest.raises(RddError, match="no checkpoint"):
+        rdd_plugins.distill(out=tmp_path, resume=True, progress=False)
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    with pytest.raises(RddError, match="only the device"):
+        rdd_plugins.distill(out=tmp_path, resume=True, overrides={"distill": {"ipc": 3}})
+
+
+class Exploding:
+    """A distiller whose images turn NaN after ``at`` iterations."""
+
+    iterations_needed = True
+
+    def __init__(self, at: int = 3):
+        self.at = at
+
+    def init(self, context):
+        return {"images": torch.full((context.num_classes * context.ipc, 1, 8, 8), 0.5), "steps": 0}
+
+    def step(self, state, context):
+        state["steps"] += 1
+        if state["steps"] > self.at:
+            state["images"] = state["images"] * float("nan")
+        return {"loss": 1.0 / state["steps"]}
+
+    def result(self, state, context):
+        labels = torch.arange(context.num_classes).repeat_interleave(context.ipc)
+        return state["images"].clamp(0, 1), labels
+
+
+def test_non_finite_state_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, make_config):
+    class Plugin:
+        @rdd_plugins.hookimpl
+        def rdd_register_distillers(self, register):
+            register("exploding", Exploding)
+
+    rdd_plugins.plugins.register_plugin(Plugin(), name="exploding")
+    try:
+        cfg = make_config(iterations=6, checkpoint_every=1, distiller="exploding", params={})
+        with pytest.raises(RddError, match="iteration 3: non-finite state images") as err:
+            rdd_plugins.distill(cfg, out=tmp_path, progress=False)
+        assert "last good checkpoint (iteration 3)" in str(err.value) and "\n" not in str(err.value)
+        iteration, state, history, _ = load_checkpoint(tmp_path, torch.device("cpu"))
+        assert iteration == 3 and state["steps"] == 3 and len(history) == 3
+        assert torch.isfinite(state["images"]).all()
+    finally:
+        rdd_plugins.plugins.unregister_plugin("exploding")
