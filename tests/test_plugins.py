@@ -11,7 +11,7 @@ EXPECTED = {
     "datasets": {"fashion-mnist", "cifar10", "cifar100", "synthetic"},
     "backbones": {"convnet"},
     "distillers": {"gm", "random"},
-    "regularizers": {"none", "curvature"},
+    "regularizers": {"none", "curvature", "cure", "gradient-norm", "adversarial"},
     "attacks": {"pgd", "fgsm"},
 }
 

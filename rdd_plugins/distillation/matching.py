@@ -44,7 +44,8 @@ def use_vmap(class_batching: str, device: torch.device) -> bool:
 def map_classes(fn, params: dict, images: torch.Tensor, labels: torch.Tensor, batched: bool) -> Gradients:
     """``fn(params, images[k], labels[k])`` for every class k, results stacked on a leading K axis."""
     if batched:
-        return vmap(fn, in_dims=(None, 0, 0))(params, images, labels)
+        # "different": a regularizer drawing random numbers (PGD's random start) draws per class.
+        return vmap(fn, in_dims=(None, 0, 0), randomness="different")(params, images, labels)
     per_class = [fn(params, images[k], labels[k]) for k in range(images.shape[0])]
     return {name: torch.stack([g[name] for g in per_class]) for name in per_class[0]}
 

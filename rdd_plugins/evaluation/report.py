@@ -71,7 +71,7 @@ def plot_image_grid(images: torch.Tensor, labels: torch.Tensor, classes: list[st
         row[0].text(-0.1, 0.5, classes[c][:12], transform=row[0].transAxes, ha="right", va="center", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.12, wspace=0.05, hspace=0.05)
+    fig.subplots_adjust(left=0.12, right=0.98, top=1 - 0.4 / fig.get_figheight(), bottom=0.02, wspace=0.05, hspace=0.05)
     fig.savefig(path)
     plt.close(fig)
 
