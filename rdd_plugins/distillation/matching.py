@@ -88,3 +88,14 @@ def layerwise_distance(real: Gradients, synthetic: Gradients) -> torch.Tensor:
     if total is None:
         raise ValueError("no parameter with 2 or more dimensions to match")
     return total
+
+
+def matching_loss(regularizer: Regularizer, loss_fn: LossFn, params: dict, real_images: torch.Tensor,
+                  real_labels: torch.Tensor, syn_images: torch.Tensor, syn_labels: torch.Tensor,
+                  batched: bool) -> torch.Tensor:
+    """One gradient-matching objective over all classes, differentiable w.r.t. ``syn_images``.
+
+    real (K, B, C, H, W), synthetic (K, IPC, C, H, W); the real side goes through ``regularizer``.
+    """
+    target = real_class_gradients(regularizer, loss_fn, params, real_images, real_labels, batched)
+    return layerwise_distance(target, synthetic_class_gradients(loss_fn, params, syn_images, syn_labels, batched))

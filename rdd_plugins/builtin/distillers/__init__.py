@@ -1,0 +1,16 @@
+"""Built-in distillers, registered through the public hook like any plugin's."""
+
+from ...plugins import hookimpl
+from .dm import DistributionMatching
+from .gm import GradientMatching, dc_loops
+from .subsets import Herding, RandomSubset
+
+__all__ = ["GradientMatching", "DistributionMatching", "RandomSubset", "Herding", "dc_loops"]
+
+
+@hookimpl
+def rdd_register_distillers(register):
+    register("gm", GradientMatching, "DC gradient matching; the real gradient includes the regularizer")
+    register("dm", DistributionMatching, "distribution matching of random-network feature means (DM)")
+    register("random", RandomSubset, "random real images per class (baseline)")
+    register("herding", Herding, "herding on features of a briefly trained backbone (baseline)")

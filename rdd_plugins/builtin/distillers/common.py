@@ -1,0 +1,96 @@
+"""Pieces shared by the built-in distillers: synthetic images as optimisable state, embeddings."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...distillation.contract import DistillContext
+from ...errors import RddError
+
+
+def class_major_labels(num_classes: int, ipc: int, device) -> torch.Tensor:
+    return torch.arange(num_classes, device=device).repeat_interleave(ipc)
+
+
+def dataset_stats(context: DistillContext) -> tuple[torch.Tensor, torch.Tensor]:
+    dev = context.device
+    mean = torch.tensor(context.train.mean, device=dev).view(1, -1, 1, 1)
+    std = torch.tensor(context.train.std, device=dev).view(1, -1, 1, 1)
+    return mean, std
+
+
+def random_real_indices(context: DistillContext, per_class: int, who: str) -> torch.Tensor:
+    """``per_class`` random training indices of every class, class-major."""
+    short = [c for c, ix in enumerate(context.class_indices) if len(ix) < per_class]
+    if short:
+        raise RddError(f"{who}: classes {short} have fewer than {per_class} images")
+    return torch.cat([ix[torch.randperm(len(ix), device=ix.device)[:per_class]] for ix in context.class_indices])
+
+
+class SyntheticImages:
+    """IPC images per class, optimised by SGD with momentum in normalized units (x - mean) / std.
+
+    Normalized units are the space DC's and DM's learning rates were tuned in (their images are
+    normalized tensors); our models normalize inside, so the gradient w.r.t. the latent equals
+    theirs. With ``clamp`` the latent is projected onto [0, 1] pixels after every step (DC and DM
+    never clip; our contract needs [0, 1] images, and projecting keeps what is optimised equal to
+    what is saved); without it the images are clipped once at the end.
+    State: ``latent``, ``momentum``, ``labels`` (tensors, so checkpoints hold them exactly).
+    """
+
+    def __init__(self, *, lr: float, momentum: float, init: str, clamp: bool, who: str) -> None:
+        if init not in ("real", "noise"):
+            raise RddError(f"{who}: init must be real or noise, got {init!r}")
+        if lr <= 0 or not 0 <= momentum < 1:
+            raise RddError(f"{who}: lr_img must be > 0 and momentum_img in [0, 1)")
+        self.lr, self.momentum, self.init, self.clamp, self.who = lr, momentum, init, clamp, who
+
+    def init_state(self, context: DistillContext) -> dict:
+        mean, std = dataset_stats(context)
+        k, ipc = context.num_classes, context.ipc
+        if self.init == "real":
+            latent = (context.train.images[random_real_indices(context, ipc, self.who)] - mean) / std
+        else:
+            c, (h, w) = context.train.channels, context.train.image_size
+            latent = torch.randn(k * ipc, c, h, w, device=context.device)
+        latent = self._project(latent, mean, std).contiguous()
+        return {"latent": latent, "momentum": torch.zeros_like(latent),
+                "labels": class_major_labels(k, ipc, context.device)}
+
+    def _project(self, latent, mean, std):
+        if not self.clamp:
+            return latent
+        return torch.max(torch.min(latent, (1 - mean) / std), -mean / std)
+
+    def leaf(self, state: dict, context: DistillContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latent leaf requiring grad, pixel images (K, IPC, C, H, W) differentiable w.r.t. it)."""
+        mean, std = dataset_stats(context)
+        latent = state["latent"].detach().requires_grad_(True)
+        pixels = latent * std + mean
+        return latent, pixels.view(context.num_classes, context.ipc, *latent.shape[1:])
+
+    def step(self, state: dict, context: DistillContext, grad: torch.Tensor) -> None:
+        mean, std = dataset_stats(context)
+        with torch.no_grad():
+            momentum = state["momentum"].mul_(self.momentum).add_(grad)
+            state["latent"] = self._project(state["latent"] - self.lr * momentum, mean, std)
+
+    def pixels(self, state: dict, context: DistillContext) -> torch.Tensor:
+        """Current images, [0, 1] (a clip only undoes float rounding when ``clamp``)."""
+        mean, std = dataset_stats(context)
+        return (state["latent"] * std + mean).detach().clamp(0.0, 1.0).contiguous()
+
+
+def embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The input of the model's last ``nn.Linear`` (the penultimate features), for any backbone."""
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise RddError(f"{type(model).__name__} has no nn.Linear head to take features from")
+    captured = []
+    handle = last[-1].register_forward_hook(lambda mod, inputs, output: captured.append(inputs[0]))
+    try:
+        model(images)
+    finally:
+        handle.remove()
+    return captured[-1].flatten(1)

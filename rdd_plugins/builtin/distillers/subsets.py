@@ -1,0 +1,84 @@
+"""Real-subset baselines: ``random`` and ``herding`` (one-shot selectors: no iterations)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ...distillation.contract import DistillContext
+from ...errors import RddError
+from .common import embed, random_real_indices
+
+
+class RandomSubset:
+    """``ipc`` real images per class drawn at random."""
+
+    iterations_needed = False
+
+    def init(self, context: DistillContext) -> dict:
+        picks = random_real_indices(context, context.ipc, "random")
+        return {"images": context.train.images[picks].clone(), "labels": context.train.labels[picks].clone()}
+
+    def step(self, state: dict, context: DistillContext) -> dict[str, float]:
+        return {}
+
+    def result(self, state: dict, context: DistillContext):
+        return state["images"], state["labels"]
+
+
+def herding_indices(features: torch.Tensor, count: int) -> torch.Tensor:
+    """Welling's herding: greedily pick the sample that keeps the running mean of the picked
+    features closest to the class mean."""
+    mean = features.mean(0)
+    running = torch.zeros_like(mean)
+    taken = torch.zeros(features.shape[0], dtype=torch.bool, device=features.device)
+    picks = []
+    for t in range(count):
+        distance = ((running + features) / (t + 1) - mean).norm(dim=1)
+        distance[taken] = float("inf")
+        i = int(distance.argmin())
+        picks.append(i)
+        taken[i] = True
+        running += features[i]
+    return torch.tensor(picks, dtype=torch.long, device=features.device)
+
+
+class Herding:
+    """Herding on the penultimate features of a backbone trained for ``feature_epochs`` on the
+    full training set (SGD, momentum 0.9; DC's herding baseline used a trained ConvNet)."""
+
+    iterations_needed = False
+
+    def __init__(self, *, feature_epochs: int = 1, lr: float = 0.01, batch_size: int = 256) -> None:
+        if feature_epochs < 0 or lr <= 0 or batch_size <= 0:
+            raise RddError("herding: feature_epochs >= 0, lr > 0 and batch_size > 0 are needed")
+        self.feature_epochs, self.lr, self.batch_size = feature_epochs, lr, batch_size
+
+    def init(self, context: DistillContext) -> dict:
+        random_real_indices(context, context.ipc, "herding")  # every class must have enough images
+        images, labels = context.train.images, context.train.labels
+        net = context.make_model()
+        optimizer = torch.optim.SGD(net.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
+        net.train()
+        for _ in range(self.feature_epochs):
+            order = torch.randperm(images.shape[0], device=images.device)
+            for start in range(0, images.shape[0], self.batch_size):
+                idx = order[start:start + self.batch_size]
+                loss = F.cross_entropy(net(images[idx]), labels[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        net.eval()
+        picks = []
+        with torch.inference_mode():
+            for ix in context.class_indices:
+                feats = torch.cat([embed(net, images[ix[i:i + 1000]]) for i in range(0, len(ix), 1000)])
+                picks.append(ix[herding_indices(feats, context.ipc)])
+        picks = torch.cat(picks)
+        return {"images": images[picks].clone(), "labels": labels[picks].clone()}
+
+    def step(self, state: dict, context: DistillContext) -> dict[str, float]:
+        return {}
+
+    def result(self, state: dict, context: DistillContext):
+        return state["images"], state["labels"]
