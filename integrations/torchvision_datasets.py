@@ -32,12 +32,16 @@ def _idx_pair(folder: Path, split: str) -> tuple[Path, Path] | None:
     return None
 
 
+def _download_root(root: str | None) -> Path:
+    return Path(root).expanduser() if root else Path(os.path.expanduser("~/.cache/rdd-plugins/data"))
+
+
 def _fashion_folders(root: str | None) -> list[Path]:
     folders = []
     if root:
         r = Path(root).expanduser()
         folders += [r, r / "fashion-mnist", r / "FashionMNIST" / "raw"]  # plain, Debian-like, torchvision
-    folders += [DEBIAN_FASHION_MNIST]
+    folders += [DEBIAN_FASHION_MNIST, _download_root(root) / "FashionMNIST" / "raw"]
     return folders
 
 
@@ -50,7 +54,7 @@ def fashion_mnist(root: str | None = None, split: str = "train", *, download: bo
         raise RddError(f"fashion-mnist: split must be 'train' or 'test', got {split!r}")
     pair = next((p for p in map(lambda f: _idx_pair(f, split), _fashion_folders(root)) if p), None)
     if pair is None and download:
-        pair = _download_fashion(root)
+        pair = _download_fashion(root, split)
     if pair is None:
         looked = ", ".join(str(f) for f in _fashion_folders(root))
         raise RddError(
@@ -62,16 +66,15 @@ def fashion_mnist(root: str | None = None, split: str = "train", *, download: bo
     return ImageData(images, labels, FASHION_CLASSES, FASHION_MEAN, FASHION_STD, name="fashion-mnist")
 
 
-def _download_fashion(root: str | None) -> tuple[Path, Path] | None:
+def _download_fashion(root: str | None, split: str) -> tuple[Path, Path] | None:
     from torchvision.datasets import FashionMNIST
 
-    target = Path(root or os.path.expanduser("~/.cache/rdd-plugins/data"))
+    target = _download_root(root)
     try:
-        FashionMNIST(str(target), train=True, download=True)
-        FashionMNIST(str(target), train=False, download=True)
+        FashionMNIST(str(target), train=split == "train", download=True)
     except Exception:  # offline: fall through to the how-to-get-it error
         return None
-    return _idx_pair(target / "FashionMNIST" / "raw", "train")
+    return _idx_pair(target / "FashionMNIST" / "raw", split)
 
 
 def _cifar(cls_name: str, mean, std, name: str):

@@ -45,7 +45,8 @@ def distill(config: RunConfig | dict | str | Path | None = None, *, out: str | P
 def evaluation_config(distilled: DistilledSet, config: RunConfig | dict | str | Path | None = None,
                       overrides: dict | None = None) -> RunConfig:
     """The set's own run config (dataset, backbone, seed) with the caller's evaluation settings on top."""
-    base = dict(distilled.meta.get("config") or {})
+    # A set made elsewhere may carry no config: its dataset name is then the one thing to go by.
+    base = dict(distilled.meta.get("config") or {"data": {"dataset": distilled.dataset.get("name", "")}})
     if isinstance(config, RunConfig):
         base = merge(base, config.to_dict())
     elif isinstance(config, dict):

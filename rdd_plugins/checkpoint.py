@@ -35,7 +35,13 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def save_checkpoint(folder: str | Path, *, iteration: int, state: dict, history: list[dict]) -> Path:
+def run_fingerprint(config: dict) -> str:
+    """What must not change between a checkpoint and its resume: the config less the device."""
+    return json.dumps({k: v for k, v in config.items() if k != "device"}, sort_keys=True)
+
+
+def save_checkpoint(folder: str | Path, *, iteration: int, state: dict, history: list[dict],
+                    fingerprint: str) -> Path:
     """Save after ``iteration`` finished iterations; ``state`` is tensors and JSON-able values."""
     folder = Path(folder)
     tensors = capture_rng()
@@ -50,7 +56,7 @@ def save_checkpoint(folder: str | Path, *, iteration: int, state: dict, history:
                 raise RddError(f"distiller state {key!r} is neither a tensor nor JSON data; "
                                f"a checkpoint cannot hold it") from None
             plain[key] = value
-    doc = json.dumps({"iteration": iteration, "state": plain, "history": history})
+    doc = json.dumps({"iteration": iteration, "state": plain, "history": history, "fingerprint": fingerprint})
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".checkpoint.")
     os.close(fd)
     try:
@@ -62,8 +68,12 @@ def save_checkpoint(folder: str | Path, *, iteration: int, state: dict, history:
     return folder / CHECKPOINT_FILE
 
 
-def load_checkpoint(folder: str | Path, device: torch.device) -> tuple[int, dict, list[dict], dict]:
-    """-> (iteration, state on ``device``, history, rng tensors for :func:`restore_rng`)."""
+def load_checkpoint(folder: str | Path, device: torch.device,
+                    fingerprint: str | None = None) -> tuple[int, dict, list[dict], dict]:
+    """-> (iteration, state on ``device``, history, rng tensors for :func:`restore_rng`).
+
+    With ``fingerprint``, refuse a checkpoint that another config wrote.
+    """
     path = Path(folder) / CHECKPOINT_FILE
     if not path.is_file():
         raise RddError(f"no checkpoint in {folder} ({CHECKPOINT_FILE} is missing); nothing to resume")
@@ -72,11 +82,17 @@ def load_checkpoint(folder: str | Path, device: torch.device) -> tuple[int, dict
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         doc = json.loads(meta["json"])
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
-        raise RddError(f"{path}: not a readable checkpoint ({exc})") from None
-    state = dict(doc["state"])
+        iteration, history, plain = int(doc["iteration"]), list(doc["history"]), dict(doc["state"])
+        rng = {k: v for k, v in tensors.items() if k.startswith("rng.")}
+        if "rng.cpu" not in rng:
+            raise KeyError("rng.cpu")
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as exc:
+        raise RddError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if fingerprint is not None and doc.get("fingerprint") != fingerprint:
+        raise RddError(f"{path} was written by another config than {Path(folder) / 'config.toml'}; "
+                       f"resume needs the run's own config")
+    state = plain
     for key, value in tensors.items():
         if key.startswith("state."):
             state[key[len("state."):]] = value.to(device)
-    rng = {k: v for k, v in tensors.items() if k.startswith("rng.")}
-    return int(doc["iteration"]), state, list(doc["history"]), rng
+    return iteration, state, history, rng

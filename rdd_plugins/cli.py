@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -157,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rdd: interrupted; finished parts were kept", file=sys.stderr)
         return 130
+    except Exception as exc:  # e.g. a plugin rejecting a parameter value: still one line
+        if os.environ.get("RDD_DEBUG"):
+            raise
+        text = " ".join(str(exc).split())
+        print(f"rdd: error: {type(exc).__name__}: {text} (RDD_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -88,8 +88,11 @@ class RunConfig:
             raise RddError("distill.checkpoint_every must be >= 0")
         if self.distill.iterations < 0:
             raise RddError(f"iterations must be >= 0, got {self.distill.iterations}")
-        if self.evaluate.seeds <= 0 or self.evaluate.epochs < 0:
-            raise RddError("evaluate.seeds must be positive and evaluate.epochs >= 0")
+        ev = self.evaluate
+        if ev.seeds <= 0 or ev.batch_size <= 0 or ev.eval_batch_size <= 0:
+            raise RddError("evaluate.seeds, batch_size and eval_batch_size must be positive")
+        if ev.epochs < 0 or ev.n_test < 0:
+            raise RddError("evaluate.epochs and evaluate.n_test must be >= 0 (n_test 0 = the whole test split)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise RddError(f"device must be auto, cpu or cuda, got {self.device!r}")
         for e in self.evaluate.eps:
@@ -108,6 +111,22 @@ def parse_eps(value: Any) -> float:
     return eps
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+               list: "a list", dict: "a table"}
+
+
+def _typed(value: Any, default: Any, where: str) -> Any:
+    """``value`` as the type of the field's default, or a one-line error naming the key."""
+    kind = type(default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is list and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return [value]  # a single eps is a list of one
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise RddError(f"config key {where} must be {_TYPE_NAMES.get(kind, kind.__name__)}, got {value!r}")
+
+
 def _from_dict(cls, data: dict, where: str):
     known = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -119,17 +138,24 @@ def _from_dict(cls, data: dict, where: str):
             if not isinstance(value, dict):
                 raise RddError(f"config key {where}{key} must be a table")
             value = _from_dict(type(default), value, f"{where}{key}.")
+        else:
+            value = _typed(value, default, f"{where}{key}")
         kwargs[key] = value
     return cls(**kwargs)
+
+
+class _DottedTable(dict):
+    """A table built from dotted --set keys: it updates a ``*params`` table instead of replacing it."""
 
 
 def _merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and not key.endswith("params"):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and \
+                (not key.endswith("params") or isinstance(value, _DottedTable)):
             out[key] = _merge(out[key], value)
         else:
-            out[key] = value
+            out[key] = dict(value) if isinstance(value, _DottedTable) else value
     return out
 
 
@@ -142,16 +168,23 @@ def _parse_value(text: str) -> Any:
 
 
 def override_pairs(pairs: list[str]) -> dict:
-    """['distill.params.lr_img=0.05', ...] -> a nested dict."""
-    out: dict = {}
+    """['distill.params.lr_img=0.05', ...] -> a nested dict.
+
+    A dotted key updates one entry of a ``*params`` table; ``distill.params={...}`` replaces it.
+    """
+    out: dict = _DottedTable()
     for pair in pairs:
         if "=" not in pair:
             raise RddError(f"override {pair!r} must look like section.key=value")
         dotted, text = pair.split("=", 1)
         keys = dotted.strip().split(".")
+        if not all(keys):
+            raise RddError(f"override {pair!r} has an empty key")
         node = out
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
+        for i, k in enumerate(keys[:-1]):
+            node = node.setdefault(k, _DottedTable())
+            if not isinstance(node, dict):
+                raise RddError(f"override {pair!r}: {'.'.join(keys[:i + 1])} is a value, not a table")
         node[keys[-1]] = _parse_value(text.strip())
     return out
 

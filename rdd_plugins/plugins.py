@@ -37,7 +37,9 @@ class PluginFailure:
 
 
 _manager: pluggy.PluginManager | None = None
-_failures: list[PluginFailure] = []
+_load_failures: list[PluginFailure] = []  # import / validation problems, found once per manager
+_registration_failures: list[PluginFailure] = []  # found anew each time the registry is built
+_distributions: dict[str, str] = {}  # plugin name -> the distribution that provides it
 _registry: Registry | None = None
 
 
@@ -45,24 +47,31 @@ def _strict() -> bool:
     return os.environ.get("RDD_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
 
 
-def _fail(name: str, distribution: str, exc: BaseException) -> None:
-    failure = PluginFailure(name, distribution, f"{type(exc).__name__}: {exc}")
+def _fail(into: list[PluginFailure], name: str, exc: BaseException) -> None:
+    distribution = _distributions.get(name, "?")
+    message = str(exc) if isinstance(exc, RddError) else f"{type(exc).__name__}: {exc}"
     if _strict():
-        raise RddError(f"plugin {name!r} ({distribution}) failed: {failure.error}") from exc
-    _failures.append(failure)
+        raise RddError(f"plugin {name!r} ({distribution}) failed: {message}") from exc
+    into.append(PluginFailure(name, distribution, message))
 
 
 def _load_entry_points(pm: pluggy.PluginManager) -> None:
     # pluggy's load_setuptools_entrypoints stops at the first broken plugin; load each one alone.
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
+        if pm.is_blocked(ep.name):
             continue
         dist = ep.dist.name if ep.dist is not None else "?"
+        if pm.has_plugin(ep.name):
+            if _distributions.get(ep.name) != dist:
+                _fail(_load_failures, ep.name, RddError(
+                    f"entry point name {ep.name!r} from {dist} is already used by {_distributions.get(ep.name)}"))
+            continue
+        _distributions[ep.name] = dist
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
         except Exception as exc:  # a broken third-party plugin must not take the tool down
-            _fail(ep.name, dist, exc)
+            _fail(_load_failures, ep.name, exc)
 
 
 def _check_pending(pm: pluggy.PluginManager) -> None:
@@ -74,7 +83,7 @@ def _check_pending(pm: pluggy.PluginManager) -> None:
         except pluggy.PluginValidationError as exc:
             name = pm.get_name(exc.plugin) or repr(exc.plugin)
             pm.unregister(exc.plugin)
-            _fail(name, "?", exc)
+            _fail(_load_failures, name, exc)
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -98,22 +107,26 @@ def get_registry() -> Registry:
     if _registry is None:
         pm = get_plugin_manager()
         registry = Registry()
+        _registration_failures.clear()
         for kind in KINDS:
             hook = getattr(pm.hook, f"rdd_register_{kind}")
             # Call each plugin's implementation alone, so every entry knows which plugin made it
-            # and one plugin's error does not hide the others' parts.
+            # and one plugin's error does not hide the others' parts. A plugin's parts of one kind
+            # are staged and land together, or not at all when its hook fails half-way.
             for impl in hook.get_hookimpls():  # registration order: built-ins first
+                staged = Registry()
                 try:
-                    impl.function(register=partial(registry.add, kind, plugin=impl.plugin_name))
+                    impl.function(register=partial(staged.add, kind, plugin=impl.plugin_name))
+                    registry.absorb(staged)
                 except Exception as exc:
-                    _fail(impl.plugin_name, "?", exc)
+                    _fail(_registration_failures, impl.plugin_name, exc)
         _registry = registry
     return _registry
 
 
 def plugin_failures() -> list[PluginFailure]:
     get_registry()
-    return list(_failures)
+    return [*_load_failures, *_registration_failures]
 
 
 def register_plugin(plugin: object, name: str | None = None) -> str:
@@ -136,4 +149,6 @@ def reset() -> None:
     global _manager, _registry
     _manager = None
     _registry = None
-    _failures.clear()
+    _load_failures.clear()
+    _registration_failures.clear()
+    _distributions.clear()

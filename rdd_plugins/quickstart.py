@@ -44,7 +44,7 @@ METHODS = {
     "random": {"distill": {"distiller": "random", "regularizer": "none", "params": {}}},
     "gm": {"distill": {"distiller": "gm", "regularizer": "none"}},
     "gm+curvature": {"distill": {"distiller": "gm", "regularizer": "curvature",
-                                 "regularizer_params": {"h": 1.0, "lam": 10.0}}},
+                                 "regularizer_params": {"h": 1.0, "lam": 0.3}}},
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -46,6 +47,16 @@ class Registry:
             )
         table[name] = Entry(kind, name, factory, description, plugin)
 
+    def absorb(self, staged: "Registry") -> None:
+        """Add every entry of ``staged``, or none of them if one name is already taken."""
+        entries = [e for table in staged._entries.values() for e in table.values()]
+        for e in entries:
+            if e.name in self._entries[e.kind]:
+                raise RddError(f"{_SINGULAR[e.kind]} {e.name!r} from plugin {e.plugin!r} is already "
+                               f"registered by plugin {self._entries[e.kind][e.name].plugin!r}")
+        for e in entries:
+            self._entries[e.kind][e.name] = e
+
     def get(self, kind: str, name: str) -> Entry:
         table = self._entries[kind]
         if name not in table:
@@ -54,15 +65,20 @@ class Registry:
         return table[name]
 
     def create(self, kind: str, name: str, *args: Any, **params: Any) -> Any:
-        """Build a part: ``factory(*args, **params)``; bad parameters are a one-line error."""
+        """Build a part: ``factory(*args, **params)``; parameters it does not take are a one-line error."""
         entry = self.get(kind, name)
         try:
-            return entry.factory(*args, **params)
-        except TypeError as exc:
-            # A wrong keyword in a user's config is the common case; say which part rejected it.
-            if "argument" in str(exc):
-                raise RddError(f"{_SINGULAR[kind]} {name!r}: {exc}") from exc
-            raise
+            signature = inspect.signature(entry.factory)
+        except (TypeError, ValueError):  # some C callables have no signature; let the call decide
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind(*args, **params)
+            except TypeError as exc:
+                accepted = [p for p in signature.parameters if p not in ("self", "args", "kwargs")]
+                raise RddError(f"{_SINGULAR[kind]} {name!r} (plugin {entry.plugin!r}): {exc}; it takes "
+                               f"{', '.join(accepted) or 'no parameters'}") from None
+        return entry.factory(*args, **params)
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._entries[kind])

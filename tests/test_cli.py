@@ -85,7 +85,7 @@ def test_quickstart_runs_end_to_end_on_synthetic(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["distill", "--dataset", "synthetic", "--distiller", "gmm", "--out", "X"], "unknown distiller 'gmm'; known: dm, gm, herding, random"),
+    (["distill", "--dataset", "synthetic", "--distiller", "gmm", "--out", "X"], "unknown distiller 'gmm'; known: dm, dsa, gm, herding, random"),
     (["distill", "--dataset", "synthetic", "--regularizer", "cure2", "--out", "X"], "unknown regularizer 'cure2'"),
     (["distill", "--dataset", "synthetic", "--ipc", "0", "--out", "X"], "ipc must be a positive integer"),
     (["distill", "--dataset", "cifar10", "--data-root", "EMPTY", "--out", "X"], "cifar10 not found"),
@@ -95,6 +95,12 @@ def test_quickstart_runs_end_to_end_on_synthetic(tmp_path):
     (["evaluate", "BADRANGE"], "must lie in [0, 1]"),
     (["evaluate", "GOOD", "--eps", "8"], "eps '8' is outside [0, 1]"),
     (["evaluate", "GOOD", "--attack", "pgdd"], "unknown attack 'pgdd'"),
+    (["evaluate", "GOOD"], "does not fit the test data"),
+    (["evaluate", "GOOD", "--n-test", "-3"], "n_test must be >= 0"),
+    (["evaluate", "GOOD", "--eps", "abc"], "eps 'abc' is not a number"),
+    (["distill", "--dataset", "synthetic", "--set", 'distill.ipc="ten"', "--out", "X"], "distill.ipc must be an integer"),
+    (["distill", "--dataset", "synthetic", "--set", "distill.params.lr_imgg=1", "--out", "X"], "lr_imgg"),
+    (["distill", "--dataset", "synthetic", "--set", "seed=1", "--set", "seed.x=1", "--out", "X"], "is a value"),
 ])
 def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
     import torch

@@ -89,3 +89,22 @@ def test_synthetic_any_shape_in_range():
     assert data.images.shape == (15, 3, 16, 12)
     assert 0 <= float(data.images.min()) and float(data.images.max()) <= 1
     assert torch.bincount(data.labels).tolist() == [3] * 5
+
+
+@pytest.mark.parametrize("split, n", [("train", 7), ("test", 3)])
+def test_download_path_returns_the_requested_split(tmp_path, monkeypatch, split, n):
+    """Without local files the torchvision download runs; each split must come from its own files."""
+    import torchvision.datasets
+
+    class FakeDownload:
+        def __init__(self, root, train, download):
+            raw = Path(root) / "FashionMNIST" / "raw"
+            raw.mkdir(parents=True, exist_ok=True)
+            prefix, count = ("train", 7) if train else ("t10k", 3)
+            write_idx(raw / f"{prefix}-images-idx3-ubyte", np.zeros((count, 28, 28)), gz=False)
+            write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.zeros(count), gz=False)
+
+    monkeypatch.setattr(tvd, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeDownload)
+    data = tvd.fashion_mnist(str(tmp_path / "root"), split)
+    assert data.images.shape[0] == n

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 import rdd_plugins
@@ -36,3 +37,46 @@ def test_subset_baselines_pick_real_training_images_of_the_right_class(make_conf
         for image, label in zip(ds.images, ds.labels):
             match = (train.images == image).flatten(1).all(1)
             assert match.any() and train.labels[match][0] == label, name
+
+
+def _augment():
+    from rdd_plugins.builtin.distillers.dsa import SiameseAugment
+
+    return SiameseAugment()
+
+
+@pytest.mark.parametrize("transform", ["color", "crop", "cutout", "flip", "scale", "rotate"])
+def test_dsa_transforms_are_siamese_and_differentiable(transform):
+    from rdd_plugins.builtin.distillers.dsa import SiameseAugment
+
+    aug = SiameseAugment(transform)
+    torch.manual_seed(0)
+    real = torch.rand(6, 1, 8, 8)
+    syn = real[:3].clone().requires_grad_(True)
+    mean, std = torch.tensor(0.5).view(1, 1, 1, 1), torch.tensor(0.25).view(1, 1, 1, 1)
+    real_out, syn_out = aug(real, syn, mean, std)
+    # the same sampled parameters for the real and the synthetic batch, index by index
+    torch.testing.assert_close(syn_out.detach(), real_out[:3])
+    assert not torch.allclose(real_out, real) or transform == "flip"
+    (g,) = torch.autograd.grad(syn_out.sum(), syn)
+    assert g.abs().sum() > 0
+
+
+def test_dsa_crop_is_a_zero_padded_translation():
+    aug = _augment()
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    out = aug._apply_crop(x, {"dy": torch.tensor([1]), "dx": torch.tensor([0])})
+    assert out[0, 0, :3].tolist() == x[0, 0, 1:].tolist() and out[0, 0, 3].tolist() == [0, 0, 0, 0]
+
+
+def test_dsa_distils_on_synthetic(make_config):
+    cfg = make_config(distiller="dsa", iterations=3)
+    a = rdd_plugins.distill(cfg, progress=False)
+    b = rdd_plugins.distill(cfg, progress=False)
+    assert torch.equal(a.images, b.images)  # augmentation draws come from the seeded generator
+    assert 0 <= float(a.images.min()) and float(a.images.max()) <= 1
+
+
+def test_unknown_dsa_transform_is_a_clear_error():
+    with pytest.raises(rdd_plugins.RddError, match="unknown transforms"):
+        rdd_plugins.get_registry().create("distillers", "dsa", strategy="color_warp")

@@ -129,3 +129,29 @@ def test_batch_norm_backbone_distills(make_config):
     result = rdd_plugins.distill(cfg, progress=False)
     assert result.images.shape == (8, 1, 8, 8)
     assert 0.0 <= float(result.images.min()) and float(result.images.max()) <= 1.0
+
+
+def test_absolute_form_flips_the_penalty_where_the_loss_falls():
+    """A loss that falls along its input-gradient (cos beyond its peak): |.| flips the penalty's sign."""
+    x = torch.full((1, 1, 1, 1), 1.0)
+    y = torch.zeros(1, dtype=torch.long)
+
+    def loss_fn(params, images, labels):
+        return torch.cos(params["w"] * images).mean()
+
+    params = {"w": torch.tensor(1.0)}
+    h, lam = 3.0, 2.0
+    # z = h * sign(d/dx cos(x)) = -3: cos(-2) < cos(1), so l(x+z) - l(x) < 0
+    w = torch.tensor(1.0, requires_grad=True)
+
+    def diff():
+        return torch.cos(w * (x - h)).mean() - torch.cos(w * x).mean()
+
+    assert diff() < 0
+    (want_abs,) = torch.autograd.grad(torch.cos(w * x).mean() + lam * diff().abs(), w)
+    (want_diff,) = torch.autograd.grad(torch.cos(w * x).mean() + lam * diff(), w)
+    got_abs = Curvature(h=h, lam=lam, form="absolute").parameter_gradient(loss_fn, params, x, y)["w"]
+    got_diff = Curvature(h=h, lam=lam, form="difference").parameter_gradient(loss_fn, params, x, y)["w"]
+    torch.testing.assert_close(got_abs, want_abs)
+    torch.testing.assert_close(got_diff, want_diff)
+    assert not torch.allclose(got_abs, got_diff)

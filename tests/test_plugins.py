@@ -10,7 +10,7 @@ from rdd_plugins.errors import RddError, UnknownNameError
 EXPECTED = {
     "datasets": {"fashion-mnist", "cifar10", "cifar100", "synthetic"},
     "backbones": {"convnet"},
-    "distillers": {"gm", "dm", "random", "herding"},
+    "distillers": {"gm", "dsa", "dm", "random", "herding"},
     "regularizers": {"none", "curvature", "cure", "gradient-norm", "adversarial"},
     "attacks": {"pgd", "fgsm"},
 }
@@ -117,3 +117,35 @@ def test_every_hookspec_is_documented_and_takes_register():
 def test_bad_factory_parameter_is_a_one_line_error():
     with pytest.raises(RddError, match="regularizer 'curvature'"):
         rdd_plugins.get_registry().create("regularizers", "curvature", radius=3)
+
+
+def test_a_hook_failing_half_way_registers_none_of_its_parts_and_is_reported_once():
+    class HalfBroken:
+        @hookimpl
+        def rdd_register_attacks(self, register):
+            register("half-ok", lambda model, eps: (lambda x, y: x))
+            raise RuntimeError("boom")
+
+    class Other:
+        @hookimpl
+        def rdd_register_backbones(self, register):
+            register("other-net", lambda *a, **k: None)
+
+    plugins.register_plugin(HalfBroken(), name="half")
+    assert "half-ok" not in rdd_plugins.get_registry().names("attacks")
+    plugins.register_plugin(Other(), name="other")  # rebuilds the registry
+    failures = [f for f in plugins.plugin_failures() if f.name == "half"]
+    assert len(failures) == 1 and "boom" in failures[0].error
+
+
+def test_failures_name_the_distribution_of_an_entry_point(monkeypatch):
+    class Dist:
+        name = "acme-rdd"
+
+    class Broken(_BrokenEntryPoint):
+        dist = Dist()
+
+    real = metadata.entry_points
+    monkeypatch.setattr(plugins.metadata, "entry_points", lambda group: [*real(group=group), Broken()])
+    (failure,) = [f for f in plugins.plugin_failures() if f.name == "broken"]
+    assert failure.distribution == "acme-rdd"

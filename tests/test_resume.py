@@ -108,3 +108,23 @@ def test_non_finite_state_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
         assert torch.isfinite(state["images"]).all()
     finally:
         rdd_plugins.plugins.unregister_plugin("exploding")
+
+
+def test_resume_refuses_a_checkpoint_of_another_config_and_fresh_runs_replace_it(tmp_path, make_config):
+    cfg = make_config(iterations=2, checkpoint_every=1)
+    rdd_plugins.distill(cfg, out=tmp_path, progress=False)
+    other = make_config(iterations=2, checkpoint_every=0, ipc=3)
+    rdd_plugins.distill(other, out=tmp_path, progress=False)
+    assert not (tmp_path / CHECKPOINT_FILE).exists()  # the fresh run removed the stale checkpoint
+
+    rdd_plugins.distill(make_config(iterations=2, checkpoint_every=1), out=tmp_path, progress=False)
+    (tmp_path / "config.toml").write_text((tmp_path / "config.toml").read_text().replace("ipc = 2", "ipc = 3"))
+    with pytest.raises(RddError, match="another config"):
+        rdd_plugins.distill(out=tmp_path, resume=True, progress=False)
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(tmp_path, make_config):
+    rdd_plugins.distill(make_config(iterations=2, checkpoint_every=1), out=tmp_path, progress=False)
+    (tmp_path / CHECKPOINT_FILE).write_bytes(b"garbage")
+    with pytest.raises(RddError, match="not a readable checkpoint"):
+        rdd_plugins.distill(out=tmp_path, resume=True, progress=False)

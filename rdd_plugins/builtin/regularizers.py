@@ -40,11 +40,18 @@ class Curvature:
     same backward pass that yields ∇θℓ(x), so the cost over plain matching is one forward-backward at
     x + z. The parameter-gradient is ∇θℓ(x) + λ·(∇θℓ(x+z) − ∇θℓ(x)).
 
-    ``form="absolute"`` uses λ·|ℓ(x+z) − ℓ(x)| (the β-form in GUARD's ImageNet code) on the batch
-    mean; it differs only on batches where stepping along the gradient lowers the loss.
+    ``form="absolute"`` (default) uses λ·|ℓ(x+z) − ℓ(x)| on the batch mean, as GUARD's released
+    code does; ``"difference"`` drops the |·|. They differ only on batches where stepping along the
+    gradient lowers the loss: benchmarks/curvature_sign.py found none of 300 Fashion-MNIST class
+    batches (0 of 19,200 samples) for h in {0.5, 1, 2}, so the choice costs nothing and the absolute
+    form never rewards a loss decrease.
+
+    Defaults h = 1.0 (GUARD's h = 3 in normalized units is 3 × 0.353 ≈ 1.06 pixel L2 on
+    Fashion-MNIST) and λ = 0.3, from the sweep in README (λ ∈ {0.1, 0.3, 1, 3, 10}, h ∈ {0.5, 1, 2}):
+    λ ≥ 1 lowered clean and robust accuracy; λ = 0.3 kept clean accuracy.
     """
 
-    def __init__(self, h: float = 1.0, lam: float = 10.0, form: str = "difference") -> None:
+    def __init__(self, h: float = 1.0, lam: float = 0.3, form: str = "absolute") -> None:
         if h <= 0 or lam < 0:
             raise RddError("curvature: h must be > 0 and lam >= 0")
         if form not in ("difference", "absolute"):

@@ -13,14 +13,17 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from ..checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng, run_fingerprint, save_checkpoint
 from ..config import RunConfig, resolve_device, to_toml
 from ..errors import RddError
 from ..progress import bar
 from ..registry import Registry
-from ..storage import DistilledSet, atomic_write_text, save_distilled, write_json
+from ..storage import IMAGES_FILE, META_FILE, DistilledSet, atomic_write_text, save_distilled, write_json
 from ..versions import package_versions
 from .contract import DistillContext
+
+HISTORY_FILE = "history.json"
+RUN_FILES = (CHECKPOINT_FILE, IMAGES_FILE, META_FILE, HISTORY_FILE)
 
 
 def load_split(registry: Registry, config: RunConfig, split: str):
@@ -70,14 +73,18 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
         device=device,
     )
     out_dir = Path(out) if out else None
+    fingerprint = run_fingerprint(config.to_dict())
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:  # a fresh run replaces the folder's previous run, checkpoint included
+            for name in RUN_FILES:
+                (out_dir / name).unlink(missing_ok=True)
         atomic_write_text(out_dir / "config.toml", to_toml(config.to_dict()))
 
     started = time.perf_counter()
     iterations = dcfg.iterations if getattr(distiller, "iterations_needed", True) else 0
     if resume:
-        completed, state, history, rng = load_checkpoint(out_dir, device)
+        completed, state, history, rng = load_checkpoint(out_dir, device, fingerprint)
         restore_rng(rng)
     else:
         state = distiller.init(context)
@@ -97,11 +104,13 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
                 history.append({"iteration": it, "seconds": round(time.perf_counter() - t0, 4), **losses})
                 completed = it + 1
                 if checkpointing and (completed % dcfg.checkpoint_every == 0 or completed == iterations):
-                    save_checkpoint(out_dir, iteration=completed, state=state, history=history)
+                    save_checkpoint(out_dir, iteration=completed, state=state, history=history,
+                                    fingerprint=fingerprint)
                 pbar.update(1)
                 pbar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
     except KeyboardInterrupt:
-        # Keep what was distilled so far (the meta says how far it got); resume from the checkpoint.
+        # Keep what was distilled so far (the meta says how far it got, and that the images may
+        # include part of the next iteration); --resume continues from the last checkpoint.
         interrupted = True
     images, labels = distiller.result(state, context)
     meta = {
@@ -122,7 +131,7 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
     result = DistilledSet(images.detach().cpu(), labels.detach().cpu(), meta)
     if out_dir:
         save_distilled(out_dir, result.images, result.labels, meta)
-        write_json(out_dir / "history.json", {"history": history})
+        write_json(out_dir / HISTORY_FILE, {"history": history})
     if interrupted:
         raise KeyboardInterrupt
     return result

@@ -38,6 +38,20 @@ def load_test_split(registry: Registry, config: RunConfig) -> ImageData:
     return test
 
 
+def check_set_fits(distilled: DistilledSet, test: ImageData) -> None:
+    """A set is evaluated on the test split of the dataset it was distilled from, nothing else."""
+    ds = distilled.dataset
+    mismatches = []
+    if ds.get("name") and ds["name"] != test.name:
+        mismatches.append(f"dataset {ds['name']!r} vs {test.name!r}")
+    if list(ds["classes"]) != list(test.classes):
+        mismatches.append("class names")
+    if tuple(distilled.images.shape[1:]) != tuple(test.images.shape[1:]):
+        mismatches.append(f"image shape {tuple(distilled.images.shape[1:])} vs {tuple(test.images.shape[1:])}")
+    if mismatches:
+        raise RddError(f"the distilled set does not fit the test data ({'; '.join(mismatches)})")
+
+
 def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry, *,
                  test: ImageData | None = None, label: str = "", progress: bool = True) -> dict:
     """Train ``config.evaluate.seeds`` fresh models on ``distilled`` and attack each one."""
@@ -47,11 +61,7 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
     backbone_params = ecfg.backbone_params if ecfg.backbone else {**config.backbone.params, **ecfg.backbone_params}
     registry.get("attacks", ecfg.attack)
     test = test or load_test_split(registry, config)
-    if tuple(distilled.images.shape[1:]) != tuple(test.images.shape[1:]) or \
-            len(distilled.dataset["classes"]) != test.num_classes:
-        raise RddError(f"the distilled set ({tuple(distilled.images.shape[1:])}, {len(distilled.dataset['classes'])} "
-                       f"classes) does not fit test data {test.name!r} ({tuple(test.images.shape[1:])}, "
-                       f"{test.num_classes} classes)")
+    check_set_fits(distilled, test)
     x_test, y_test = test.images.to(device), test.labels.to(device)
     images, labels = distilled.images.to(device), distilled.labels.to(device)
     make_model = model_factory(registry, backbone, backbone_params, test, device)
@@ -71,6 +81,9 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
         robust = {}
         for text, eps in eps_list:
             attack = registry.create("attacks", ecfg.attack, model, eps, **ecfg.attack_params)
+            if not callable(attack):
+                raise RddError(f"attack {ecfg.attack!r} (plugin {registry.get('attacks', ecfg.attack).plugin!r}) "
+                               f"returned {type(attack).__name__}, not a callable (images, labels) -> images")
             mask = robust_correct(model, attack, x_test, y_test, correct, ecfg.eval_batch_size,
                                   progress=progress, desc=f"{name} {ecfg.attack} eps={text}")
             robust[text] = float(mask.float().mean())

@@ -55,6 +55,8 @@ class GradientMatching:
                  class_batching: str = "auto") -> None:
         if lr_net <= 0 or min(batch_real, batch_train) <= 0:
             raise RddError("gm: lr_net and batch sizes must be positive")
+        if (outer_loop is not None and outer_loop < 1) or (inner_loop is not None and inner_loop < 0):
+            raise RddError("gm: outer_loop must be >= 1 and inner_loop >= 0")
         self.images = SyntheticImages(lr=lr_img, momentum=momentum_img, init=init, clamp=clamp, who="gm")
         self.lr_net, self.batch_real, self.batch_train = lr_net, batch_real, batch_train
         self.outer_loop, self.inner_loop = outer_loop, inner_loop
@@ -65,7 +67,7 @@ class GradientMatching:
         outer, inner = dc_loops(context.ipc)
         return {
             **self.images.init_state(context),
-            "outer_loop": self.outer_loop or outer,
+            "outer_loop": self.outer_loop if self.outer_loop is not None else outer,
             "inner_loop": self.inner_loop if self.inner_loop is not None else inner,
         }
 
@@ -85,6 +87,7 @@ class GradientMatching:
                 _freeze_batch_norm_on_real(net, context)
             real_x, real_y = context.real_batch(self.batch_real)
             latent, syn = self.images.leaf(state, context)
+            real_x, syn = self.prepare_batches(real_x, syn, context)
             loss = matching_loss(context.regularizer, loss_fn, params, real_x, real_y, syn, syn_labels, batched)
             (g_latent,) = torch.autograd.grad(loss, latent)
             self.images.step(state, context, g_latent)
@@ -105,10 +108,18 @@ class GradientMatching:
             order = torch.randperm(n, device=images.device)
             for start in range(0, n, self.batch_train):
                 idx = order[start:start + self.batch_train]
-                loss = F.cross_entropy(net(images[idx]), labels[idx])
+                loss = F.cross_entropy(net(self.train_batch(images[idx], context)), labels[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+
+    def prepare_batches(self, real_x: torch.Tensor, syn: torch.Tensor, context: DistillContext):
+        """Real (K, B, ...) and synthetic (K, IPC, ...) batches as the networks see them (DSA augments)."""
+        return real_x, syn
+
+    def train_batch(self, images: torch.Tensor, context: DistillContext) -> torch.Tensor:
+        """A synthetic minibatch as the inner-loop network trains on it."""
+        return images
 
     def result(self, state: dict, context: DistillContext):
         return self.images.pixels(state, context), state["labels"].clone()

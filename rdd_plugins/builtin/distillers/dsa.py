@@ -1,0 +1,142 @@
+"""``dsa``: gradient matching with differentiable siamese augmentation (Zhao & Bilen, ICML 2021)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ...distillation.contract import DistillContext
+from ...errors import RddError
+from .common import dataset_stats
+from .gm import GradientMatching
+
+DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+TRANSFORMS = ("color", "crop", "cutout", "flip", "scale", "rotate")
+
+
+class SiameseAugment:
+    """DSA's differentiable augmentations with DSA's default parameters, in normalized units.
+
+    One transform is drawn per call (DSA's mode 'S'); its per-sample parameters are drawn once for
+    the larger batch and shared by index between the real and the synthetic batch (DSA shares one
+    seed between them). Images are augmented as (x - mean) / std, the units DSA's parameters are
+    defined in, and mapped back to pixels.
+    """
+
+    def __init__(self, strategy: str = DSA_STRATEGY, *, prob_flip: float = 0.5, ratio_scale: float = 1.2,
+                 ratio_rotate: float = 15.0, ratio_crop_pad: float = 0.125, ratio_cutout: float = 0.5,
+                 brightness: float = 1.0, saturation: float = 2.0, contrast: float = 0.5) -> None:
+        self.transforms = strategy.split("_")
+        unknown = [t for t in self.transforms if t not in TRANSFORMS]
+        if unknown or not self.transforms:
+            raise RddError(f"dsa: unknown transforms {unknown} in strategy {strategy!r}; known: {', '.join(TRANSFORMS)}")
+        self.prob_flip, self.ratio_scale, self.ratio_rotate = prob_flip, ratio_scale, ratio_rotate
+        self.ratio_crop_pad, self.ratio_cutout = ratio_crop_pad, ratio_cutout
+        self.brightness, self.saturation, self.contrast = brightness, saturation, contrast
+
+    def __call__(self, real: torch.Tensor, syn: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
+        """Augment one class's real (B, C, H, W) and synthetic (S, C, H, W) batches alike."""
+        return tuple(self.apply([real, syn], mean, std))
+
+    def apply(self, batches: list[torch.Tensor], mean: torch.Tensor, std: torch.Tensor) -> list[torch.Tensor]:
+        """One drawn transform with per-index shared parameters applied to every batch."""
+        n = max(x.shape[0] for x in batches)
+        name = self.transforms[int(torch.randint(len(self.transforms), (1,)))]
+        params = getattr(self, f"_draw_{name}")(n, batches[0])
+        out = []
+        for x in batches:
+            z = (x - mean) / std
+            z = getattr(self, f"_apply_{name}")(z, {k: v[: x.shape[0]] for k, v in params.items()})
+            out.append(z * std + mean)
+        return out
+
+    # Each transform: _draw_* samples per-sample parameters; _apply_* is differentiable in x.
+    def _draw_color(self, n, ref):
+        return {"b": torch.rand(n, 1, 1, 1, device=ref.device), "s": torch.rand(n, 1, 1, 1, device=ref.device),
+                "c": torch.rand(n, 1, 1, 1, device=ref.device)}
+
+    def _apply_color(self, x, p):
+        x = x + (p["b"] - 0.5) * self.brightness
+        x_mean = x.mean(dim=1, keepdim=True)
+        x = (x - x_mean) * (p["s"] * self.saturation) + x_mean
+        x_mean = x.mean(dim=[1, 2, 3], keepdim=True)
+        return (x - x_mean) * (p["c"] + self.contrast) + x_mean
+
+    def _affine(self, x, theta):
+        grid = F.affine_grid(theta, list(x.shape), align_corners=True)
+        return F.grid_sample(x, grid, align_corners=True)
+
+    def _draw_scale(self, n, ref):
+        r = self.ratio_scale
+        return {"sx": torch.rand(n, device=ref.device) * (r - 1 / r) + 1 / r,
+                "sy": torch.rand(n, device=ref.device) * (r - 1 / r) + 1 / r}
+
+    def _apply_scale(self, x, p):
+        zeros = torch.zeros_like(p["sx"])
+        theta = torch.stack([torch.stack([p["sx"], zeros, zeros], 1), torch.stack([zeros, p["sy"], zeros], 1)], 1)
+        return self._affine(x, theta)
+
+    def _draw_rotate(self, n, ref):
+        return {"angle": (torch.rand(n, device=ref.device) - 0.5) * 2 * self.ratio_rotate / 180 * math.pi}
+
+    def _apply_rotate(self, x, p):
+        cos, sin, zeros = torch.cos(p["angle"]), torch.sin(p["angle"]), torch.zeros_like(p["angle"])
+        theta = torch.stack([torch.stack([cos, sin, zeros], 1), torch.stack([-sin, cos, zeros], 1)], 1)
+        return self._affine(x, theta)
+
+    def _draw_flip(self, n, ref):
+        return {"flip": torch.rand(n, 1, 1, 1, device=ref.device) < self.prob_flip}
+
+    def _apply_flip(self, x, p):
+        return torch.where(p["flip"], x.flip(3), x)
+
+    def _draw_crop(self, n, ref):
+        h, w = ref.shape[2:]
+        sh, sw = int(h * self.ratio_crop_pad + 0.5), int(w * self.ratio_crop_pad + 0.5)
+        return {"dy": torch.randint(-sh, sh + 1, (n,), device=ref.device),
+                "dx": torch.randint(-sw, sw + 1, (n,), device=ref.device)}
+
+    def _apply_crop(self, x, p):
+        # A random translation with zero padding (DSA's crop), as a differentiable gather.
+        n, c, h, w = x.shape
+        ys = torch.arange(h, device=x.device).view(1, h, 1) + p["dy"].view(n, 1, 1)
+        xs = torch.arange(w, device=x.device).view(1, 1, w) + p["dx"].view(n, 1, 1)
+        valid = ((ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)).unsqueeze(1)
+        ys, xs = ys.clamp(0, h - 1).expand(n, h, w), xs.clamp(0, w - 1).expand(n, h, w)
+        flat = (ys * w + xs).view(n, 1, h * w).expand(n, c, h * w)
+        return torch.gather(x.reshape(n, c, h * w), 2, flat).view(n, c, h, w) * valid
+
+    def _draw_cutout(self, n, ref):
+        h, w = ref.shape[2:]
+        return {"cy": torch.randint(0, h, (n,), device=ref.device), "cx": torch.randint(0, w, (n,), device=ref.device)}
+
+    def _apply_cutout(self, x, p):
+        n, _, h, w = x.shape
+        ch, cw = int(h * self.ratio_cutout + 0.5), int(w * self.ratio_cutout + 0.5)
+        ys = torch.arange(h, device=x.device).view(1, h, 1)
+        xs = torch.arange(w, device=x.device).view(1, 1, w)
+        inside = ((ys - p["cy"].view(n, 1, 1)).abs() <= ch // 2) & ((xs - p["cx"].view(n, 1, 1)).abs() <= cw // 2)
+        return x * (~inside).unsqueeze(1)
+
+
+class DifferentiableSiameseAugmentation(GradientMatching):
+    """DSA: DC's gradient matching where real and synthetic batches of a class pass through the
+    same randomly drawn differentiable augmentation before their gradients are taken, and the
+    inner-loop network trains on augmented synthetic images. DSA's defaults: lr_img 0.1,
+    strategy color_crop_cutout_flip_scale_rotate; loops by IPC as DC.
+    """
+
+    def __init__(self, *, strategy: str = DSA_STRATEGY, **gm_params) -> None:
+        super().__init__(**gm_params)
+        self.augment = SiameseAugment(strategy)
+
+    def prepare_batches(self, real_x, syn, context: DistillContext):
+        mean, std = dataset_stats(context)
+        pairs = [self.augment(real_x[k], syn[k], mean, std) for k in range(real_x.shape[0])]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    def train_batch(self, images, context: DistillContext):
+        mean, std = dataset_stats(context)
+        return self.augment.apply([images], mean, std)[0]
