@@ -17,7 +17,7 @@ demo: setup
 	$(BIN)/rdd quickstart --out runs/quickstart
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 clean:
 	rm -rf runs .pytest_cache
