@@ -70,3 +70,32 @@ def rdd_register_attacks(register):
     that range (8/255 means 8 grey levels). The model normalizes internally and is already in eval
     mode. A ``torchattacks.Attack`` instance satisfies this contract unchanged.
     """
+
+
+# Lifecycle hooks: called by the core loops. A plugin whose lifecycle hook raises is reported on
+# stderr with its name and the run goes on (RDD_STRICT_PLUGINS=1 makes it an error): a logging
+# plugin must not end a run of hours.
+
+
+@hookspec
+def rdd_distill_step(step):
+    """Called after every distillation iteration with a read-only view of the run.
+
+    ``step`` is a :class:`rdd_plugins.lifecycle.DistillStep` with ``iteration`` (finished
+    iterations, from 1), ``iterations`` (the budget), ``losses`` (dict of floats), ``seconds`` (this
+    iteration's wall time), ``config`` (the resolved config as a dict) and ``images()``, which returns
+    the current synthetic images and labels as detached [0, 1] tensors. Return ``True`` to request an
+    early stop: the loop finishes this iteration, saves the set and marks ``stopped_early`` in meta.
+    """
+
+
+@hookspec
+def rdd_distill_finished(result):
+    """Called once a distillation run ends (also after an early stop), with the
+    :class:`rdd_plugins.storage.DistilledSet` (images, labels and meta, including the config)."""
+
+
+@hookspec
+def rdd_evaluation_finished(report):
+    """Called after a distilled set has been evaluated, with the result dict that goes into
+    results.json (``label``, ``set``, ``evaluation``, ``per_seed``, ``summary``)."""

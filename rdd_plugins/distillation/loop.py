@@ -16,6 +16,7 @@ import torch
 from ..checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng, run_fingerprint, save_checkpoint
 from ..config import RunConfig, resolve_device, to_toml
 from ..errors import RddError
+from ..lifecycle import DistillStep, notify
 from ..progress import bar
 from ..registry import Registry
 from ..storage import IMAGES_FILE, META_FILE, DistilledSet, atomic_write_text, save_distilled, write_json
@@ -90,7 +91,7 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
         state = distiller.init(context)
         completed, history = 0, []
     checkpointing = bool(out_dir and dcfg.checkpoint_every and iterations)
-    interrupted = False
+    interrupted = stopped_early = False
     try:
         with bar(total=iterations, initial=completed, desc=f"distill {dcfg.distiller}+{dcfg.regularizer}",
                  enabled=progress) as pbar:
@@ -108,6 +109,12 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
                                     fingerprint=fingerprint)
                 pbar.update(1)
                 pbar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
+                view = DistillStep(iteration=completed, iterations=iterations, losses=dict(losses),
+                                   seconds=history[-1]["seconds"], config=config.to_dict(),
+                                   images=lambda: tuple(t.detach().clone() for t in distiller.result(state, context)))
+                if any(r is True for r in notify("rdd_distill_step", step=view)):
+                    stopped_early = True
+                    break
     except KeyboardInterrupt:
         # Keep what was distilled so far (the meta says how far it got, and that the images may
         # include part of the next iteration); --resume continues from the last checkpoint.
@@ -123,6 +130,7 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
         "iterations": iterations,
         "completed_iterations": completed,
         "interrupted": interrupted,
+        "stopped_early": stopped_early,
         "seconds": round(time.perf_counter() - started, 3),
         "device": str(device),
         "config": config.to_dict(),
@@ -134,4 +142,5 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
         write_json(out_dir / HISTORY_FILE, {"history": history})
     if interrupted:
         raise KeyboardInterrupt
+    notify("rdd_distill_finished", result=result)
     return result

@@ -15,6 +15,7 @@ from ..config import RunConfig, parse_eps, resolve_device
 from ..data import ImageData
 from ..distillation.loop import load_split, model_factory
 from ..errors import RddError
+from ..lifecycle import notify
 from ..registry import Registry
 from ..storage import DistilledSet
 from .robust import clean_correct, robust_correct
@@ -94,7 +95,7 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
             "train_seconds": round(t1 - t0, 3),
             "attack_seconds": round(time.perf_counter() - t1, 3),
         })
-    return {
+    report = {
         "label": name,
         "set": {k: distilled.meta.get(k) for k in ("distiller", "regularizer", "ipc", "backbone", "seed",
                                                    "completed_iterations")},
@@ -110,3 +111,5 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
             "robust": {t: summarize([r["robust"][t] for r in per_seed]) for t, _ in eps_list},
         },
     }
+    notify("rdd_evaluation_finished", report=report)
+    return report

@@ -1,0 +1,71 @@
+"""Lifecycle hooks: step views, early stop, finished notifications, failing plugins reported."""
+
+import json
+
+import pytest
+import torch
+
+import rdd_plugins
+from rdd_plugins import hookimpl, plugins
+
+
+class Recorder:
+    def __init__(self, stop_at=None):
+        self.steps, self.finished, self.reports, self.stop_at = [], [], [], stop_at
+
+    @hookimpl
+    def rdd_distill_step(self, step):
+        images, labels = step.images()
+        self.steps.append((step.iteration, step.iterations, dict(step.losses), tuple(images.shape)))
+        return step.iteration == self.stop_at or None
+
+    @hookimpl
+    def rdd_distill_finished(self, result):
+        self.finished.append(result)
+
+    @hookimpl
+    def rdd_evaluation_finished(self, report):
+        self.reports.append(report)
+
+
+@pytest.fixture
+def recorder():
+    rec = Recorder()
+    plugins.register_plugin(rec, name="recorder")
+    yield rec
+    plugins.unregister_plugin("recorder")
+
+
+def test_step_views_and_finished_notifications(recorder, make_config):
+    ds = rdd_plugins.distill(make_config(iterations=3), progress=False)
+    assert [s[0] for s in recorder.steps] == [1, 2, 3] and all(s[1] == 3 for s in recorder.steps)
+    assert all("match_loss" in s[2] and s[3] == (8, 1, 8, 8) for s in recorder.steps)
+    assert recorder.finished == [ds] and ds.meta["stopped_early"] is False
+    report = rdd_plugins.evaluate(ds, progress=False)
+    assert recorder.reports == [report]
+
+
+def test_a_plugin_can_stop_the_run_early(recorder, make_config, tmp_path):
+    recorder.stop_at = 2
+    ds = rdd_plugins.distill(make_config(iterations=6), out=tmp_path, progress=False)
+    assert [s[0] for s in recorder.steps] == [1, 2]
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["stopped_early"] is True and meta["completed_iterations"] == 2
+    assert torch.equal(rdd_plugins.load_distilled(tmp_path).images, ds.images)
+
+
+class Failing:
+    @hookimpl
+    def rdd_distill_step(self, step):
+        raise ValueError("logger is down")
+
+
+def test_a_failing_lifecycle_hook_is_reported_with_its_name_and_the_run_goes_on(make_config, capsys, monkeypatch):
+    plugins.register_plugin(Failing(), name="flaky-logger")
+    ds = rdd_plugins.distill(make_config(iterations=2), progress=False)
+    assert ds.meta["completed_iterations"] == 2
+    err = capsys.readouterr().err
+    assert err.count("plugin 'flaky-logger' failed in rdd_distill_step: ValueError: logger is down") == 2
+    monkeypatch.setenv("RDD_STRICT_PLUGINS", "1")
+    with pytest.raises(rdd_plugins.RddError, match="flaky-logger"):
+        rdd_plugins.distill(make_config(iterations=2), progress=False)
