@@ -36,9 +36,9 @@ class Curvature:
     """GUARD's curvature regularizer in its finite-difference form.
 
     z = h · ∇ₓℓ / ‖∇ₓℓ‖₂ (per sample, over all pixels and channels; h in [0, 1] pixel units, L2),
-    penalty = λ · (ℓ(x + z) − ℓ(x)), with z held constant (as CURE and GUARD do). ∇ₓℓ comes from the
-    same backward pass that yields ∇θℓ(x), so the cost over plain matching is one forward-backward at
-    x + z. The parameter-gradient is ∇θℓ(x) + λ·(∇θℓ(x+z) − ∇θℓ(x)).
+    penalty = λ · |ℓ(x + z) − ℓ(x)| on the batch mean, z held constant (as CURE and GUARD do).
+    ∇ₓℓ comes from the same backward pass that yields ∇θℓ(x), so the cost over plain matching is one forward-backward at
+    x + z. The parameter-gradient is ∇θℓ(x) + λ·s·(∇θℓ(x+z) − ∇θℓ(x)), s the sign of the difference.
 
     ``form="absolute"`` (default) uses λ·|ℓ(x+z) − ℓ(x)| on the batch mean, as GUARD's released
     code does; ``"difference"`` drops the |·|. They differ only on batches where stepping along the
@@ -161,7 +161,7 @@ class Adversarial:
 def rdd_register_regularizers(register):
     register("none", NoRegularizer, "no regularizer: plain gradient matching")
     register("curvature", Curvature,
-             "GUARD: lam*(l(x+z)-l(x)), z = h*grad_x/|grad_x|, h in pixel L2 units")
+             "GUARD: lam*|l(x+z)-l(x)|, z = h*grad_x/|grad_x|, h in pixel L2 units (h=1, lam=0.3)")
     register("cure", Cure, "exact CURE: lam*mean|grad_x[l(x+z)-l(x)]|, double backprop")
     register("gradient-norm", GradientNorm, "input-gradient penalty lam*mean|grad_x l|^2")
     register("adversarial", Adversarial, "PGD-k Linf on the real batch before its gradient (AT baseline)")

@@ -17,7 +17,7 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     n = images.shape[0]
     model.train()
     for epoch in bar(range(epochs), desc=desc, enabled=progress):
-        if epoch == epochs // 2:
+        if epochs > 1 and epoch == epochs // 2:
             for group in optimizer.param_groups:
                 group["lr"] = lr * 0.1
         order = torch.randperm(n, device=images.device)

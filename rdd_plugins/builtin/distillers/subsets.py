@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ...distillation.contract import DistillContext
 from ...errors import RddError
+from ...evaluation.train import train_model
 from .common import embed, random_real_indices
 
 
@@ -45,7 +45,7 @@ def herding_indices(features: torch.Tensor, count: int) -> torch.Tensor:
 
 class Herding:
     """Herding on the penultimate features of a backbone trained for ``feature_epochs`` on the
-    full training set (SGD, momentum 0.9; DC's herding baseline used a trained ConvNet)."""
+    full training set (DC's evaluation training; DC's herding baseline used a trained ConvNet)."""
 
     iterations_needed = False
 
@@ -57,18 +57,8 @@ class Herding:
     def init(self, context: DistillContext) -> dict:
         random_real_indices(context, context.ipc, "herding")  # every class must have enough images
         images, labels = context.train.images, context.train.labels
-        net = context.make_model()
-        optimizer = torch.optim.SGD(net.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
-        net.train()
-        for _ in range(self.feature_epochs):
-            order = torch.randperm(images.shape[0], device=images.device)
-            for start in range(0, images.shape[0], self.batch_size):
-                idx = order[start:start + self.batch_size]
-                loss = F.cross_entropy(net(images[idx]), labels[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        net.eval()
+        net = train_model(context.make_model(), images, labels, epochs=self.feature_epochs, lr=self.lr,
+                          batch_size=self.batch_size, progress=False)
         picks = []
         with torch.inference_mode():
             for ix in context.class_indices:
