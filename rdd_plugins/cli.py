@@ -23,6 +23,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rdd", description="Robust dataset distillation with plugins.")
+    parser.add_argument("--strict", action="store_true",
+                        help="a plugin that fails to load or register is an error (= RDD_STRICT_PLUGINS=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plugins", help="list registered parts and plugins")
@@ -72,19 +74,18 @@ def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict:
 
 
 def cmd_plugins(args) -> int:
-    from .plugins import plugin_failures
-
-    from . import get_registry
+    from .plugins import get_registry, plugin_failures, plugin_info
 
     registry = get_registry()
     failures = [f.__dict__ for f in plugin_failures()]
     if args.json:
-        print(json.dumps({**registry.as_dict(), "failed_plugins": failures}, indent=2))
+        print(json.dumps({**registry.as_dict(), "plugins": plugin_info(), "failed_plugins": failures}, indent=2))
         return 0
     for kind, entries in registry.as_dict().items():
         print(f"{kind}:")
         for e in entries:
-            print(f"  {e['name']:<16} [{e['plugin']}] {e['description']}")
+            won = f", overrides {e['overrides']}" if e.get("overrides") else ""
+            print(f"  {e['name']:<16} [{e['plugin']}{won}] {e['description']}")
     for f in failures:
         print(f"failed plugin {f['name']} ({f['distribution']}): {f['error']}")
     return 0
@@ -150,6 +151,8 @@ COMMANDS = {"plugins": cmd_plugins, "distill": cmd_distill, "evaluate": cmd_eval
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.strict:
+        os.environ["RDD_STRICT_PLUGINS"] = "1"
     try:
         return COMMANDS[args.command](args)
     except RddError as exc:

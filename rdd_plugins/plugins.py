@@ -152,3 +152,18 @@ def reset() -> None:
     _load_failures.clear()
     _registration_failures.clear()
     _distributions.clear()
+
+
+def plugin_info() -> list[dict]:
+    """Every loaded plugin: name, distribution and version, and the hooks it implements."""
+    pm = get_plugin_manager()
+    out = []
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: str(item[0])):
+        dist = _distributions.get(name, "rdd-plugins" if str(name).startswith("rdd_plugins.") else "?")
+        try:
+            version = metadata.version(dist) if dist != "?" else "?"
+        except metadata.PackageNotFoundError:
+            version = "?"
+        hooks = sorted(c.name for c in pm.get_hookcallers(plugin) or [])
+        out.append({"name": name, "distribution": dist, "version": version, "hooks": hooks})
+    return out

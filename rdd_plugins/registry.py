@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from .errors import RddError, UnknownNameError
@@ -25,6 +25,7 @@ class Entry:
     factory: Callable[..., Any]
     description: str
     plugin: str
+    overrides: str = ""  # the plugin whose entry of the same name this one replaced
 
 
 class Registry:
@@ -34,28 +35,33 @@ class Registry:
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
 
     def add(self, kind: str, name: str, factory: Callable[..., Any], description: str = "",
-            *, plugin: str = "?") -> None:
+            override: bool = False, *, plugin: str = "?") -> None:
+        """The ``register`` callback hooks receive. ``override=True`` replaces an existing name
+        (the listing then says which plugin won); without it a taken name is an error."""
         if not isinstance(name, str) or not name:
             raise RddError(f"plugin {plugin!r} registered a {_SINGULAR[kind]} with an empty or non-string name")
         if not callable(factory):
             raise RddError(f"plugin {plugin!r} registered {_SINGULAR[kind]} {name!r} with a factory that is not callable")
         table = self._entries[kind]
-        if name in table:
+        if name in table and not override:
             raise RddError(
                 f"{_SINGULAR[kind]} {name!r} from plugin {plugin!r} is already registered by plugin "
-                f"{table[name].plugin!r}"
+                f"{table[name].plugin!r} (pass override=True to replace it)"
             )
-        table[name] = Entry(kind, name, factory, description, plugin)
+        table[name] = Entry(kind, name, factory, description, plugin, "+" if override else "")
 
     def absorb(self, staged: "Registry") -> None:
         """Add every entry of ``staged``, or none of them if one name is already taken."""
         entries = [e for table in staged._entries.values() for e in table.values()]
         for e in entries:
-            if e.name in self._entries[e.kind]:
+            if e.name in self._entries[e.kind] and not e.overrides:
                 raise RddError(f"{_SINGULAR[e.kind]} {e.name!r} from plugin {e.plugin!r} is already "
-                               f"registered by plugin {self._entries[e.kind][e.name].plugin!r}")
+                               f"registered by plugin {self._entries[e.kind][e.name].plugin!r} "
+                               f"(pass override=True to replace it)")
         for e in entries:
-            self._entries[e.kind][e.name] = e
+            previous = self._entries[e.kind].get(e.name)
+            # an override that found nothing to replace is a plain registration
+            self._entries[e.kind][e.name] = replace(e, overrides=previous.plugin if previous else "")
 
     def get(self, kind: str, name: str) -> Entry:
         table = self._entries[kind]
@@ -86,7 +92,8 @@ class Registry:
     def as_dict(self) -> dict[str, list[dict[str, str]]]:
         return {
             kind: [
-                {"name": e.name, "plugin": e.plugin, "description": e.description}
+                {"name": e.name, "plugin": e.plugin, "description": e.description,
+                 **({"overrides": e.overrides} if e.overrides else {})}
                 for e in sorted(self._entries[kind].values(), key=lambda e: e.name)
             ]
             for kind in KINDS

@@ -52,3 +52,23 @@ def test_example_parts_work_by_name_in_the_cli(installed_example, tmp_path):
     results = json.loads((tmp_path / "eval" / "results.json").read_text())["results"][0]
     assert results["evaluation"]["attack"] == "random-sign" and results["evaluation"]["backbone"] == "mlp"
     assert "clean" in out.stdout
+
+
+def test_json_listing_names_the_example_distribution_and_strict_flag_fails_on_a_broken_plugin(
+        installed_example, tmp_path, monkeypatch):
+    rdd = str(Path(sys.executable).parent / "rdd")
+    listed = json.loads(subprocess.run([rdd, "plugins", "--json"], capture_output=True, text=True,
+                                       check=True).stdout)
+    (example,) = [p for p in listed["plugins"] if p["name"] == "example"]
+    assert example["distribution"] == "rdd-example-plugin" and example["version"] == "0.1.0"
+    assert example["hooks"] == ["rdd_register_attacks", "rdd_register_backbones"]
+
+    broken = installed_example / "rdd_broken-0.1.dist-info"
+    broken.mkdir()
+    (broken / "METADATA").write_text("Metadata-Version: 2.1\nName: rdd-broken\nVersion: 0.1\n")
+    (broken / "entry_points.txt").write_text("[rdd_plugins]\nbroken = rdd_no_such_module\n")
+    lenient = subprocess.run([rdd, "plugins", "--json"], capture_output=True, text=True, check=True)
+    (failure,) = json.loads(lenient.stdout)["failed_plugins"]
+    assert failure["name"] == "broken" and failure["distribution"] == "rdd-broken"
+    strict = subprocess.run([rdd, "--strict", "plugins"], capture_output=True, text=True)
+    assert strict.returncode == 2 and "plugin 'broken' (rdd-broken) failed" in strict.stderr

@@ -196,3 +196,24 @@ def test_in_process_dataset_and_regularizer_plugins_drive_a_distillation(make_co
         assert calls and all(shape[0] == 10 for shape in calls)  # batch_real 16, capped at the 10 per class
     finally:
         plugins.unregister_plugin("parts")
+
+
+def test_override_replaces_a_name_and_the_listing_says_who_won():
+    class Better:
+        @hookimpl
+        def rdd_register_attacks(self, register):
+            register("fgsm", lambda model, eps: (lambda x, y: x), "my fgsm", override=True)
+
+    plugins.register_plugin(Better(), name="better")
+    entry = rdd_plugins.get_registry().get("attacks", "fgsm")
+    assert entry.plugin == "better" and entry.overrides == "torchattacks"
+    listed = {e["name"]: e for e in rdd_plugins.get_registry().as_dict()["attacks"]}
+    assert listed["fgsm"]["overrides"] == "torchattacks" and "overrides" not in listed["pgd"]
+    assert plugins.plugin_failures() == []
+
+
+def test_plugin_info_lists_distribution_version_and_hooks():
+    info = {p["name"]: p for p in plugins.plugin_info()}
+    assert info["torchattacks"]["distribution"] == "rdd-plugins"
+    assert info["torchattacks"]["hooks"] == ["rdd_register_attacks"]
+    assert info["torchattacks"]["version"] == rdd_plugins.__version__
