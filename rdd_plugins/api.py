@@ -82,4 +82,11 @@ def evaluate(distilled: DistilledSet | str | Path, config: RunConfig | dict | st
     return result
 
 
-__all__ = ["distill", "evaluate", "load_distilled", "get_registry", "RddError", "RunConfig"]
+def quickstart(out: str | Path = "runs/quickstart", overrides: dict | None = None, progress: bool = True) -> dict:
+    """``rdd quickstart`` from Python: random vs gm vs gm+curvature, report in ``out``."""
+    from .quickstart import run_quickstart
+
+    return run_quickstart(out, overrides, progress=progress)
+
+
+__all__ = ["distill", "evaluate", "load_distilled", "get_registry", "quickstart", "RddError", "RunConfig"]
