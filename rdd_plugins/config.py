@@ -67,6 +67,7 @@ class EvaluateConfig:
     eps: list = field(default_factory=lambda: ["2/255", "4/255", "8/255", "16/255"])
     n_test: int = 0  # 0 = the whole test split
     eval_batch_size: int = 500
+    kd_temperature: float = 4.0  # for sets with soft labels (SRe2L): KD at this temperature
 
 
 @dataclass

@@ -25,6 +25,7 @@ class DistilledSet:
     images: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
     labels: torch.Tensor  # (N,) int64
     meta: dict  # dataset metadata, ipc, distiller, regularizer, backbone, config, seed, versions
+    soft_labels: torch.Tensor | None = None  # (N, classes) teacher logits (SRe2L's relabel), or None
 
     @property
     def dataset(self) -> dict:
@@ -52,17 +53,27 @@ def write_json(path: Path, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def save_distilled(folder: str | Path, images: torch.Tensor, labels: torch.Tensor, meta: dict) -> Path:
+def _check_soft_labels(soft: torch.Tensor, n: int, num_classes: int, what: str) -> None:
+    if soft.dtype != torch.float32 or tuple(soft.shape) != (n, num_classes) or not torch.isfinite(soft).all():
+        raise RddError(f"{what}: soft_labels must be finite float32 of shape ({n}, {num_classes})")
+
+
+def save_distilled(folder: str | Path, images: torch.Tensor, labels: torch.Tensor, meta: dict,
+                   soft_labels: torch.Tensor | None = None) -> Path:
     folder = Path(folder)
     num_classes = len(meta["dataset"]["classes"])
     images = images.detach().float().cpu().contiguous()
     labels = labels.detach().long().cpu().contiguous()
     check_image_batch(images, labels, num_classes, what="distilled set")
+    tensors = {"images": images, "labels": labels}
+    if soft_labels is not None:
+        tensors["soft_labels"] = soft_labels.detach().float().cpu().contiguous()
+        _check_soft_labels(tensors["soft_labels"], images.shape[0], num_classes, "distilled set")
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".images.")
     os.close(fd)
     try:
-        save_file({"images": images, "labels": labels}, tmp, metadata={"format": "rdd-distilled"})
+        save_file(tensors, tmp, metadata={"format": "rdd-distilled"})
         os.replace(tmp, folder / IMAGES_FILE)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -91,10 +102,14 @@ def load_distilled(folder: str | Path) -> DistilledSet:
         tensors = load_file(str(images_path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise RddError(f"{images_path}: not a readable safetensors file ({exc})") from None
-    if set(tensors) != {"images", "labels"}:
-        raise RddError(f"{images_path}: expected tensors 'images' and 'labels', found {sorted(tensors)}")
+    if not {"images", "labels"} <= set(tensors) <= {"images", "labels", "soft_labels"}:
+        raise RddError(f"{images_path}: expected tensors 'images', 'labels' (and optionally 'soft_labels'), "
+                       f"found {sorted(tensors)}")
     images, labels = tensors["images"], tensors["labels"]
     check_image_batch(images, labels, len(meta["dataset"]["classes"]), what=str(images_path))
+    soft = tensors.get("soft_labels")
+    if soft is not None:
+        _check_soft_labels(soft, images.shape[0], len(meta["dataset"]["classes"]), str(images_path))
     ds = meta["dataset"]
     expected = (ds.get("channels"), *ds.get("image_size", [None, None]))
     if tuple(images.shape[1:]) != tuple(expected):
@@ -102,4 +117,4 @@ def load_distilled(folder: str | Path) -> DistilledSet:
     if "ipc" in meta and images.shape[0] != meta["ipc"] * len(ds["classes"]):
         raise RddError(f"{images_path}: {images.shape[0]} images but meta.json says ipc {meta['ipc']} "
                        f"x {len(ds['classes'])} classes")
-    return DistilledSet(images, labels, meta)
+    return DistilledSet(images, labels, meta, soft)

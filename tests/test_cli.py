@@ -85,7 +85,7 @@ def test_quickstart_runs_end_to_end_on_synthetic(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["distill", "--dataset", "synthetic", "--distiller", "gmm", "--out", "X"], "unknown distiller 'gmm'; known: dm, dsa, gm, herding, random"),
+    (["distill", "--dataset", "synthetic", "--distiller", "gmm", "--out", "X"], "unknown distiller 'gmm'; known: dm, dsa, gm, herding, random, sre2l"),
     (["distill", "--dataset", "synthetic", "--regularizer", "cure2", "--out", "X"], "unknown regularizer 'cure2'"),
     (["distill", "--dataset", "synthetic", "--ipc", "0", "--out", "X"], "ipc must be a positive integer"),
     (["distill", "--dataset", "cifar10", "--data-root", "EMPTY", "--out", "X"], "cifar10 not found"),

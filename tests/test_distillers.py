@@ -80,3 +80,25 @@ def test_dsa_distils_on_synthetic(make_config):
 def test_unknown_dsa_transform_is_a_clear_error():
     with pytest.raises(rdd_plugins.RddError, match="unknown transforms"):
         rdd_plugins.get_registry().create("distillers", "dsa", strategy="color_warp")
+
+
+@pytest.mark.parametrize("regularizer", ["none", "curvature"])
+def test_sre2l_recovers_relabels_and_evaluates_with_kd(make_config, tmp_path, regularizer):
+    cfg = make_config(distiller="sre2l", regularizer=regularizer, iterations=8,
+                      params={"teacher_epochs": 3, "batch_size": 32},
+                      regularizer_params={"h": 0.3} if regularizer == "curvature" else {})
+    cfg["backbone"]["params"]["norm"] = "batch"
+    rdd_plugins.distill(cfg, out=tmp_path, progress=False)
+    ds = rdd_plugins.load_distilled(tmp_path)
+    assert ds.soft_labels is not None and ds.soft_labels.shape == (8, 4)
+    # the teacher's logits favour each image's own class after recovery
+    assert (ds.soft_labels.argmax(1) == ds.labels).float().mean() >= 0.75
+    losses = [h["ce"] for h in json.loads((tmp_path / "history.json").read_text())["history"]]
+    assert losses[-1] < losses[0]
+    result = rdd_plugins.evaluate(ds, progress=False)
+    assert len(result["per_seed"]) == 2 and 0 <= result["summary"]["clean"]["mean"] <= 100
+
+
+def test_sre2l_needs_batch_norm(make_config):
+    with pytest.raises(rdd_plugins.RddError, match="BatchNorm"):
+        rdd_plugins.distill(make_config(distiller="sre2l", params={"teacher_epochs": 1}), progress=False)

@@ -10,7 +10,7 @@ from rdd_plugins.errors import RddError, UnknownNameError
 EXPECTED = {
     "datasets": {"fashion-mnist", "cifar10", "cifar100", "synthetic"},
     "backbones": {"convnet"},
-    "distillers": {"gm", "dsa", "dm", "random", "herding"},
+    "distillers": {"gm", "dsa", "dm", "random", "herding", "sre2l"},
     "regularizers": {"none", "curvature", "cure", "gradient-norm", "adversarial"},
     "attacks": {"pgd", "fgsm"},
 }

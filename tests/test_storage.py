@@ -77,3 +77,12 @@ def test_no_pickle_in_the_package():
         for line in text.splitlines():
             if "torch.load(" in line:
                 assert "weights_only=True" in line, f"{path}: {line}"
+
+
+def test_soft_labels_round_trip_and_are_validated(tmp_path):
+    images, labels = torch.rand(6, 1, 4, 4), torch.tensor([0, 0, 1, 1, 2, 2])
+    soft = torch.randn(6, 3)
+    save_distilled(tmp_path, images, labels, META, soft_labels=soft)
+    assert torch.equal(load_distilled(tmp_path).soft_labels, soft)
+    with pytest.raises(RddError, match="soft_labels"):
+        save_distilled(tmp_path / "bad", images, labels, META, soft_labels=torch.randn(6, 4))

@@ -111,7 +111,7 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
                 pbar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
                 view = DistillStep(iteration=completed, iterations=iterations, losses=dict(losses),
                                    seconds=history[-1]["seconds"], config=config.to_dict(),
-                                   images=lambda: tuple(t.detach().clone() for t in distiller.result(state, context)))
+                                   images=lambda: tuple(t.detach().clone() for t in distiller.result(state, context)[:2]))
                 if any(r is True for r in notify("rdd_distill_step", step=view)):
                     stopped_early = True
                     break
@@ -119,7 +119,8 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
         # Keep what was distilled so far (the meta says how far it got, and that the images may
         # include part of the next iteration); --resume continues from the last checkpoint.
         interrupted = True
-    images, labels = distiller.result(state, context)
+    images, labels, *soft = distiller.result(state, context)  # a relabelling distiller adds soft labels
+    soft_labels = soft[0].detach().cpu() if soft else None
     meta = {
         "dataset": train.meta(),
         "ipc": dcfg.ipc,
@@ -136,9 +137,9 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
         "config": config.to_dict(),
         "versions": package_versions(),
     }
-    result = DistilledSet(images.detach().cpu(), labels.detach().cpu(), meta)
+    result = DistilledSet(images.detach().cpu(), labels.detach().cpu(), meta, soft_labels)
     if out_dir:
-        save_distilled(out_dir, result.images, result.labels, meta)
+        save_distilled(out_dir, result.images, result.labels, meta, soft_labels)
         write_json(out_dir / HISTORY_FILE, {"history": history})
     if interrupted:
         raise KeyboardInterrupt

@@ -65,6 +65,7 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
     check_set_fits(distilled, test)
     x_test, y_test = test.images.to(device), test.labels.to(device)
     images, labels = distilled.images.to(device), distilled.labels.to(device)
+    soft = distilled.soft_labels.to(device) if distilled.soft_labels is not None else None
     make_model = model_factory(registry, backbone, backbone_params, test, device)
     eps_list = [(str(e), parse_eps(e)) for e in ecfg.eps]
     name = label or f"{distilled.meta.get('distiller', '?')}+{distilled.meta.get('regularizer', '?')}"
@@ -76,7 +77,8 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
         t0 = time.perf_counter()
         model = train_model(make_model(), images, labels, epochs=ecfg.epochs, lr=ecfg.lr,
                             momentum=ecfg.momentum, weight_decay=ecfg.weight_decay,
-                            batch_size=ecfg.batch_size, progress=progress, desc=f"{name} train seed {seed}")
+                            batch_size=ecfg.batch_size, progress=progress, desc=f"{name} train seed {seed}",
+                            soft_labels=soft, temperature=ecfg.kd_temperature)
         t1 = time.perf_counter()
         correct = clean_correct(model, x_test, y_test, ecfg.eval_batch_size)
         robust = {}

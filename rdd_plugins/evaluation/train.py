@@ -11,8 +11,13 @@ from ..progress import bar
 
 def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int,
                 lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
-                batch_size: int = 256, progress: bool = True, desc: str = "train") -> nn.Module:
-    """SGD with momentum and weight decay; lr x0.1 at half of the epochs (DC's ``evaluate_synset``)."""
+                batch_size: int = 256, progress: bool = True, desc: str = "train",
+                soft_labels: torch.Tensor | None = None, temperature: float = 4.0) -> nn.Module:
+    """SGD with momentum and weight decay; lr x0.1 at half of the epochs (DC's ``evaluate_synset``).
+
+    With ``soft_labels`` (teacher logits, SRe2L's relabel) the loss is knowledge distillation:
+    T² · KL(softmax(teacher / T) ‖ softmax(student / T)).
+    """
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     n = images.shape[0]
     model.train()
@@ -23,7 +28,13 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
         order = torch.randperm(n, device=images.device)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            loss = F.cross_entropy(model(images[idx]), labels[idx])
+            logits = model(images[idx])
+            if soft_labels is None:
+                loss = F.cross_entropy(logits, labels[idx])
+            else:
+                target = F.softmax(soft_labels[idx] / temperature, dim=1)
+                loss = F.kl_div(F.log_softmax(logits / temperature, dim=1), target,
+                                reduction="batchmean") * temperature ** 2
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

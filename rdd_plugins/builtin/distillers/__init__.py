@@ -4,9 +4,10 @@ from ...plugins import hookimpl
 from .dm import DistributionMatching
 from .dsa import DifferentiableSiameseAugmentation
 from .gm import GradientMatching, dc_loops
+from .sre2l import SqueezeRecoverRelabel
 from .subsets import Herding, RandomSubset
 
-__all__ = ["GradientMatching", "DifferentiableSiameseAugmentation", "DistributionMatching", "RandomSubset", "Herding", "dc_loops"]
+__all__ = ["GradientMatching", "DifferentiableSiameseAugmentation", "DistributionMatching", "RandomSubset", "Herding", "SqueezeRecoverRelabel", "dc_loops"]
 
 
 @hookimpl
@@ -15,5 +16,7 @@ def rdd_register_distillers(register):
     register("dsa", DifferentiableSiameseAugmentation,
              "gradient matching with differentiable siamese augmentation (DSA)")
     register("dm", DistributionMatching, "distribution matching of random-network feature means (DM)")
+    register("sre2l", SqueezeRecoverRelabel,
+             "squeeze-recover-relabel; with --regularizer curvature the teacher is GUARD's")
     register("random", RandomSubset, "random real images per class (baseline)")
     register("herding", Herding, "herding on features of a briefly trained backbone (baseline)")
