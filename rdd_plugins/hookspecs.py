@@ -44,7 +44,8 @@ def rdd_register_distillers(register):
     ``factory(**params) -> Distiller``; see :class:`rdd_plugins.distillation.contract.Distiller`.
     The distillation loop owns iterations, progress and storage; a distiller owns its state through
     ``init(context) -> state``, ``step(state, context) -> dict[str, float]`` (losses to log) and
-    ``result(state, context) -> (images, labels)``. A one-shot selector (random subset, herding) sets
+    ``result(state, context) -> (images, labels)`` or ``(images, labels, soft_labels)`` (teacher
+    logits, N x classes; evaluation then trains with knowledge distillation). A one-shot selector (random subset, herding) sets
     ``iterations_needed = False`` and does its work in ``init``.
     """
 

@@ -68,4 +68,5 @@ class Distiller(Protocol):
 
     def step(self, state: dict, context: DistillContext) -> dict[str, float]: ...
 
-    def result(self, state: dict, context: DistillContext) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def result(self, state: dict, context: DistillContext) -> tuple[torch.Tensor, ...]:
+        """(images, labels) or (images, labels, soft_labels)."""
