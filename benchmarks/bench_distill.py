@@ -134,7 +134,7 @@ def main() -> None:
     device = next(iter(results.values()))["device"]
     print(f"setting {args.setting}: ConvNet width {s['width']}, {s['classes']} classes x batch_real "
           f"{s['batch_real']}, IPC {s['ipc']}, device {device}, median of {args.repeats}")
-    print(f"| row | s / matching step | x gm+none | gm+none speed-up vs row | peak MiB |")
+    print("| row | s / matching step | x gm+none | gm+none speed-up vs row | peak MiB |")
     print("|---|---|---|---|---|")
     for row, r in results.items():
         ratio = f"{r['median_s'] / base:.2f}" if base else "-"

@@ -42,7 +42,7 @@ def main() -> None:
         r = evaluate_set(ds, cfg, registry, test=test, label=label, progress=False)
         if header is None:
             eps = r["evaluation"]["eps"]
-            header = f"| set | clean | " + " | ".join(f"PGD {e}" for e in eps) + " | s |"
+            header = "| set | clean | " + " | ".join(f"PGD {e}" for e in eps) + " | s |"
             print(header)
             print("|---" * (len(eps) + 3) + "|")
         s = r["summary"]
