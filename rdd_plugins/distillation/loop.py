@@ -74,13 +74,14 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
         device=device,
     )
     out_dir = Path(out) if out else None
-    fingerprint = run_fingerprint(config.to_dict())
+    resolved = config.to_dict()
+    fingerprint = run_fingerprint(resolved)
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not resume:  # a fresh run replaces the folder's previous run, checkpoint included
             for name in RUN_FILES:
                 (out_dir / name).unlink(missing_ok=True)
-        atomic_write_text(out_dir / "config.toml", to_toml(config.to_dict()))
+        atomic_write_text(out_dir / "config.toml", to_toml(resolved))
 
     started = time.perf_counter()
     iterations = dcfg.iterations if getattr(distiller, "iterations_needed", True) else 0
@@ -110,6 +111,7 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
                 pbar.update(1)
                 pbar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
                 view = DistillStep(iteration=completed, iterations=iterations, losses=dict(losses),
+                                   # a fresh copy per call: a plugin that mutates it cannot touch the run
                                    seconds=history[-1]["seconds"], config=config.to_dict(),
                                    images=lambda: tuple(t.detach().clone() for t in distiller.result(state, context)[:2]))
                 if any(r is True for r in notify("rdd_distill_step", step=view)):
@@ -134,7 +136,7 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
         "stopped_early": stopped_early,
         "seconds": round(time.perf_counter() - started, 3),
         "device": str(device),
-        "config": config.to_dict(),
+        "config": resolved,
         "versions": package_versions(),
     }
     result = DistilledSet(images.detach().cpu(), labels.detach().cpu(), meta, soft_labels)
