@@ -28,9 +28,9 @@ def main() -> None:
         params = {**QUICKSTART["distill"]["params"], "clamp": clamp}
         cfg = resolve(base=merge(base, {"distill": {"params": params}}))
         ds = run_distillation(cfg, registry, None, progress=False)
-        r = evaluate_set(ds, cfg, registry, test=test, label=f"clamp={clamp}", progress=False)
+        (r,) = evaluate_set(ds, cfg, registry, test=test, label=f"clamp={clamp}", progress=False)
         s = r["summary"]
-        robust = ", ".join(f"{k}: {v['mean']:.1f}" for k, v in s["robust"].items())
+        robust = ", ".join(f"{k}: {v['mean']:.1f}" for k, v in s["worst"]["Linf"].items())
         print(f"gm clamp={clamp!s:<5}  clean {s['clean']['mean']:.2f} ± {s['clean']['std']:.2f}  pgd {robust}",
               flush=True)
 

@@ -39,14 +39,14 @@ def main() -> None:
         cfg = resolve(base=merge(base, {"distill": distill}))
         t0 = time.perf_counter()
         ds = run_distillation(cfg, registry, None, progress=False)
-        r = evaluate_set(ds, cfg, registry, test=test, label=label, progress=False)
+        (r,) = evaluate_set(ds, cfg, registry, test=test, label=label, progress=False)
         if header is None:
-            eps = r["evaluation"]["eps"]
+            eps = list(r["summary"]["worst"]["Linf"])
             header = "| set | clean | " + " | ".join(f"PGD {e}" for e in eps) + " | s |"
             print(header)
             print("|---" * (len(eps) + 3) + "|")
         s = r["summary"]
-        cells = " | ".join(f"{s['robust'][e]['mean']:.1f}" for e in eps)
+        cells = " | ".join(f"{s['worst']['Linf'][e]['mean']:.1f}" for e in eps)
         print(f"| {label} | {s['clean']['mean']:.2f} ± {s['clean']['std']:.2f} | {cells} | "
               f"{time.perf_counter() - t0:.0f} |", flush=True)
 

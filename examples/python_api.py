@@ -17,8 +17,9 @@ tiny = {
     "backbone": {"params": {"width": 16}},
     "distill": {"ipc": 2, "iterations": 5, "regularizer": "curvature",
                 "params": {"batch_real": 32, "outer_loop": 2, "inner_loop": 2}},
-    "evaluate": {"seeds": 2, "epochs": 50, "n_test": 200, "attack_params": {"steps": 5},
-                 "eps": ["2/255", "8/255"]},
+    # FGSM, then 5-step PGD on the points FGSM left, at two eps; per-attack parameters as tables
+    "evaluate": {"seeds": 2, "epochs": 50, "n_test": 200, "attack": "fgsm,pgd",
+                 "attack_params": {"pgd": {"steps": 5}}, "eps": ["2/255", "8/255"]},
 }
 
 print("attacks:", rdd_plugins.get_registry().names("attacks"))
@@ -26,8 +27,9 @@ distilled = rdd_plugins.distill(tiny, out="runs/example-api")
 print("distilled", tuple(distilled.images.shape), "images; pixel range",
       float(distilled.images.min()), "..", float(distilled.images.max()))
 
-result = rdd_plugins.evaluate("runs/example-api", out="runs/example-api/evaluation")
-print("clean", result["summary"]["clean"], "robust", result["summary"]["robust"])
+(result,) = rdd_plugins.evaluate("runs/example-api", out="runs/example-api/evaluation")  # one row per backbone
+print("clean", result["summary"]["clean"], "worst case", result["summary"]["worst"]["Linf"])
+print("robustness indices", result["summary"]["indices"])
 
 again = rdd_plugins.load_distilled("runs/example-api")
 assert (again.images == distilled.images).all()

@@ -1,31 +1,372 @@
-"""Attacks from torchattacks. Models take [0, 1] images and normalize inside, so torchattacks'
-own normalization support stays off and eps is in pixel units, as its API expects."""
+"""Attacks from torchattacks 3.5.1, as adapters that keep the evaluation's contract.
+
+Our models take [0, 1] images and normalize inside, so torchattacks' own normalization support stays
+off and every eps is in pixel units of [0, 1] (8/255 = eight grey levels), which is what its API
+expects; a threat model stated in pixels is also what papers report, whatever normalization a model
+uses.
+
+Each factory returns an ``_Adapter`` rather than the bare torchattacks object because the evaluation
+needs guarantees torchattacks does not give by itself:
+
+* minimum-norm attacks (CW has no eps at all; FAB may end beyond it) must give back the clean image
+  for every point they could not break within eps, or the evaluation's budget check rejects them;
+* attacks that need the number of classes (APGD-T, targeted FAB, AutoAttack) get none from the
+  factory, so they are built on the first batch from the width of the model's logits;
+* torchattacks' seeded attacks call ``torch.manual_seed(seed)`` on the global generator; the adapter
+  runs them on a forked generator so that evaluating one attack does not reset everyone's RNG;
+* the result comes back detached, in the input's dtype and on the input's device.
+
+``torchattacks`` is imported inside the factories: it adds over half a second to start-up, and listing
+plugins (``rdd plugins``) should not pay for it.
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
 
 from rdd_plugins.errors import RddError
 from rdd_plugins.plugins import hookimpl
 
+# Float32 error allowed when projecting back onto the eps ball. Anything beyond it from a bounded
+# attack is a bug and is left in place for the evaluation's budget check to report.
+_FLOAT_SLACK = 1e-6
+# The reference AutoAttack (Croce & Hein, 2020) tries the 9 most likely other classes in APGD-T and
+# FAB-T whatever the number of classes; torchattacks would try all of them (99 on CIFAR-100).
+_N_TARGET_CLASSES = 9
 
+
+def keep_within_budget(clean: torch.Tensor, adv: torch.Tensor, eps: float, norm: str, *,
+                       drop_beyond: bool) -> torch.Tensor:
+    """``adv`` projected onto the ``norm`` ball of radius ``eps`` around ``clean`` and onto [0, 1].
+
+    Only float overshoot (up to ``_FLOAT_SLACK``) is projected. A sample further out is replaced by
+    its clean image when ``drop_beyond`` (a minimum-norm attack that did not break it within eps),
+    and otherwise returned unchanged, so that the evaluation reports the faulty attack.
+    """
+    delta = (adv - clean).flatten(1)
+    size = delta.abs().amax(1) if norm == "Linf" else delta.norm(dim=1)
+    beyond = ~(size <= eps * (1 + _FLOAT_SLACK) + _FLOAT_SLACK)  # NaN counts as beyond
+    if norm == "Linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        delta = delta * (eps / size.clamp_min(1e-12)).clamp(max=1.0).unsqueeze(1)
+    out = (clean + delta.view_as(clean)).clamp(0.0, 1.0)
+    fallback = clean if drop_beyond else adv
+    return torch.where(beyond.view(-1, *[1] * (clean.dim() - 1)), fallback, out)
+
+
+class _Adapter:
+    """``(images, labels) -> adversarial images`` around a torchattacks attack built on first use."""
+
+    def __init__(self, name: str, model: torch.nn.Module, eps: float, norm: str,
+                 build: Callable[[int | None], Any], *, needs_classes: bool = False,
+                 minimum_norm: bool = False, seeded: bool = False) -> None:
+        self.name, self.model, self.eps, self.norm = name, model, eps, norm
+        self._build, self._needs_classes = build, needs_classes
+        self._minimum_norm, self._seeded = minimum_norm, seeded
+        self.attack = None  # the torchattacks object, once built
+
+    def _model_device(self, images: torch.Tensor) -> torch.device:
+        param = next(self.model.parameters(), None)
+        return images.device if param is None else param.device
+
+    def _n_classes(self, images: torch.Tensor, device: torch.device) -> int:
+        with torch.no_grad():
+            logits = self.model(images[:1].to(device))
+        if logits.dim() != 2:
+            raise RddError(f"attack {self.name!r} needs (batch, classes) logits from the model, "
+                           f"got shape {tuple(logits.shape)}")
+        return int(logits.shape[1])
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.eps == 0 or images.shape[0] == 0:
+            return images.detach().clone()  # the eps-0 ball holds only the clean image
+        device = self._model_device(images)
+        if self.attack is None:
+            self.attack = self._build(self._n_classes(images, device) if self._needs_classes else None)
+        # torchattacks fixes its device when built; the model may have moved since.
+        self.attack.set_device(device)
+        x = images.detach().to(device)
+        y = labels.detach().to(device, torch.long)
+        # Under an outer no_grad the gradient attacks would fail or silently take no step.
+        with torch.enable_grad(), _forked_rng(device, self._seeded):
+            adv = self.attack(x, y)
+        adv = keep_within_budget(x, adv.detach().to(x.dtype), self.eps, self.norm,
+                                 drop_beyond=self._minimum_norm)
+        return adv.to(images.device)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, eps={self.eps:g}, {self.norm}, attack={self.attack!r})"
+
+
+def _forked_rng(device: torch.device, active: bool):
+    """Restores the global RNG after a torchattacks attack that reseeds it (only when ``active``)."""
+    devices = []
+    if active and device.type == "cuda":
+        # torchattacks seeds the *current* CUDA device, which need not be the model's
+        current = torch.cuda.current_device()
+        devices = sorted({current, current if device.index is None else device.index})
+    return torch.random.fork_rng(devices=devices, enabled=active)
+
+
+# --- parameter checks: one line each, naming the attack and the parameter -------------------------
+
+def _check_eps(attack: str, eps: float) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise RddError(f"{attack}: eps must be a finite number >= 0, got {eps!r}")
+    return float(eps)
+
+
+def _int_at_least(attack: str, name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise RddError(f"{attack}: {name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _positive(attack: str, name: str, value: Any, *, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        raise RddError(f"{attack}: {name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
+    return float(value)
+
+
+def _step(attack: str, alpha: float | None, default: float) -> float:
+    return default if alpha is None else _positive(attack, "alpha", alpha)
+
+
+def _targets(attack: str, n_classes: int, n_target_classes: int, *, dlr: bool) -> int:
+    """torchattacks' ``n_classes`` argument that makes it try ``n_target_classes`` targets."""
+    # APGD-T's targeted DLR loss divides by (z_1 - (z_3 + z_4) / 2): it indexes the 4th logit.
+    if dlr and n_classes < 4:
+        raise RddError(f"{attack}: needs a model with at least 4 classes (its targeted DLR loss uses the "
+                       f"4th largest logit); this one has {n_classes}")
+    if n_classes < 2:
+        raise RddError(f"{attack}: needs a model with at least 2 classes; this one has {n_classes}")
+    return min(n_target_classes, n_classes - 1) + 1
+
+
+def _threat_model(norm: str):
+    def mark(factory):
+        factory.threat_model = norm
+        return factory
+    return mark
+
+
+# --- factories ----------------------------------------------------------------------------------
+
+@_threat_model("Linf")
+def fgsm(model, eps: float):
+    """FGSM ℓ∞ (Goodfellow et al., 2015): one signed-gradient step of size eps."""
+    import torchattacks
+
+    eps = _check_eps("fgsm", eps)
+    return _Adapter("fgsm", model, eps, "Linf", lambda _: torchattacks.FGSM(model, eps=eps))
+
+
+@_threat_model("Linf")
 def pgd(model, eps: float, *, steps: int = 20, alpha: float | None = None, random_start: bool = True):
-    """PGD ℓ∞ (Madry et al.): ``steps`` signed-gradient steps of size ``alpha`` (default eps/4),
+    """PGD ℓ∞ (Madry et al., 2018): ``steps`` signed-gradient steps of size ``alpha`` (default eps/4),
     projected onto the eps-ball and [0, 1], from a uniform random start."""
     import torchattacks
 
-    if steps < 1:
-        raise RddError("pgd: steps must be >= 1")
-    return torchattacks.PGD(model, eps=eps, alpha=eps / 4 if alpha is None else alpha, steps=steps,
-                            random_start=random_start)
+    eps = _check_eps("pgd", eps)
+    steps = _int_at_least("pgd", "steps", steps, 1)
+    alpha = _step("pgd", alpha, eps / 4)
+    return _Adapter("pgd", model, eps, "Linf", lambda _: torchattacks.PGD(
+        model, eps=eps, alpha=alpha, steps=steps, random_start=bool(random_start)))
 
 
-def fgsm(model, eps: float):
-    """FGSM ℓ∞ (Goodfellow et al.): one signed-gradient step of size eps."""
+@_threat_model("L2")
+def pgd_l2(model, eps: float, *, steps: int = 20, alpha: float | None = None, random_start: bool = True):
+    """PGD ℓ2: ``steps`` normalized-gradient steps of length ``alpha`` (default eps/4), projected onto
+    the ℓ2 eps-ball and [0, 1], from a random point inside the ball."""
     import torchattacks
 
-    return torchattacks.FGSM(model, eps=eps)
+    eps = _check_eps("pgd-l2", eps)
+    steps = _int_at_least("pgd-l2", "steps", steps, 1)
+    alpha = _step("pgd-l2", alpha, eps / 4)
+    return _Adapter("pgd-l2", model, eps, "L2", lambda _: torchattacks.PGDL2(
+        model, eps=eps, alpha=alpha, steps=steps, random_start=bool(random_start)))
+
+
+@_threat_model("L2")
+def cw(model, eps: float, *, c: float = 1.0, kappa: float = 0.0, steps: int = 100, lr: float = 0.01):
+    """Carlini-Wagner ℓ2 (2017), fixed ``c`` (torchattacks does no binary search over it). It looks for
+    the smallest perturbation; points it breaks only beyond eps count as not broken (clean image)."""
+    import torchattacks
+
+    eps = _check_eps("cw", eps)
+    c = _positive("cw", "c", c)
+    kappa = _positive("cw", "kappa", kappa, allow_zero=True)
+    steps = _int_at_least("cw", "steps", steps, 1)
+    lr = _positive("cw", "lr", lr)
+    return _Adapter("cw", model, eps, "L2", lambda _: torchattacks.CW(model, c=c, kappa=kappa, steps=steps, lr=lr),
+                    minimum_norm=True)
+
+
+@_threat_model("Linf")
+def apgd_ce(model, eps: float, *, steps: int = 100, n_restarts: int = 1, rho: float = 0.75, seed: int = 0):
+    """APGD-CE ℓ∞ (Croce & Hein, 2020): step-size-free PGD on the cross-entropy, as in AutoAttack."""
+    import torchattacks
+
+    eps = _check_eps("apgd-ce", eps)
+    steps = _int_at_least("apgd-ce", "steps", steps, 1)
+    n_restarts = _int_at_least("apgd-ce", "n_restarts", n_restarts, 1)
+    rho = _positive("apgd-ce", "rho", rho)
+    seed = _int_at_least("apgd-ce", "seed", seed, 0)
+    return _Adapter("apgd-ce", model, eps, "Linf", lambda _: torchattacks.APGD(
+        model, norm="Linf", eps=eps, steps=steps, n_restarts=n_restarts, seed=seed, loss="ce", rho=rho),
+        seeded=True)
+
+
+@_threat_model("Linf")
+def apgd_t(model, eps: float, *, steps: int = 100, n_restarts: int = 1, n_target_classes: int = _N_TARGET_CLASSES,
+           rho: float = 0.75, seed: int = 0):
+    """APGD-T ℓ∞ (Croce & Hein, 2020): APGD on the targeted DLR loss against each of the
+    ``n_target_classes`` most likely other classes in turn, as in AutoAttack. Needs >= 4 classes."""
+    import torchattacks
+
+    eps = _check_eps("apgd-t", eps)
+    steps = _int_at_least("apgd-t", "steps", steps, 1)
+    n_restarts = _int_at_least("apgd-t", "n_restarts", n_restarts, 1)
+    n_target_classes = _int_at_least("apgd-t", "n_target_classes", n_target_classes, 1)
+    rho = _positive("apgd-t", "rho", rho)
+    seed = _int_at_least("apgd-t", "seed", seed, 0)
+    return _Adapter("apgd-t", model, eps, "Linf", lambda n: torchattacks.APGDT(
+        model, norm="Linf", eps=eps, steps=steps, n_restarts=n_restarts, seed=seed, rho=rho,
+        n_classes=_targets("apgd-t", n, n_target_classes, dlr=True)), needs_classes=True, seeded=True)
+
+
+@_threat_model("Linf")
+def fab(model, eps: float, *, steps: int = 100, n_restarts: int = 1, targeted: bool = False,
+        n_target_classes: int = _N_TARGET_CLASSES, alpha_max: float = 0.1, eta: float = 1.05,
+        beta: float = 0.9, seed: int = 0):
+    """FAB ℓ∞ (Croce & Hein, 2020), minimum-norm: points it breaks only beyond eps count as not broken.
+    ``targeted=True`` is AutoAttack's FAB-T over the ``n_target_classes`` most likely other classes."""
+    import torchattacks
+
+    eps = _check_eps("fab", eps)
+    steps = _int_at_least("fab", "steps", steps, 1)
+    n_restarts = _int_at_least("fab", "n_restarts", n_restarts, 1)
+    n_target_classes = _int_at_least("fab", "n_target_classes", n_target_classes, 1)
+    alpha_max = _positive("fab", "alpha_max", alpha_max)
+    eta = _positive("fab", "eta", eta)
+    beta = _positive("fab", "beta", beta)
+    seed = _int_at_least("fab", "seed", seed, 0)
+    return _Adapter("fab", model, eps, "Linf", lambda n: torchattacks.FAB(
+        model, norm="Linf", eps=eps, steps=steps, n_restarts=n_restarts, alpha_max=alpha_max, eta=eta,
+        beta=beta, seed=seed, multi_targeted=bool(targeted),
+        n_classes=_targets("fab", n, n_target_classes, dlr=False)),
+        needs_classes=True, minimum_norm=True, seeded=True)
+
+
+@_threat_model("Linf")
+def square(model, eps: float, *, n_queries: int = 5000, n_restarts: int = 1, p_init: float = 0.8, seed: int = 0):
+    """Square Attack ℓ∞ (Andriushchenko et al., 2020): score-based random search on the margin loss;
+    no gradients, so it also catches gradient masking."""
+    import torchattacks
+
+    eps = _check_eps("square", eps)
+    n_queries = _int_at_least("square", "n_queries", n_queries, 1)
+    n_restarts = _int_at_least("square", "n_restarts", n_restarts, 1)
+    p_init = _positive("square", "p_init", p_init)
+    if p_init > 1:
+        raise RddError(f"square: p_init must be in (0, 1], got {p_init!r}")
+    seed = _int_at_least("square", "seed", seed, 0)
+    return _Adapter("square", model, eps, "Linf", lambda _: torchattacks.Square(
+        model, norm="Linf", eps=eps, n_queries=n_queries, n_restarts=n_restarts, p_init=p_init, seed=seed),
+        seeded=True)
+
+
+def _autoattack(name: str, norm: str, model, eps: float, steps: int, n_queries: int, seed: int) -> _Adapter:
+    """AutoAttack, standard version: APGD-CE, APGD-T, FAB-T, Square, each on the points the earlier ones
+    left unbroken.
+
+    Assembled from torchattacks' parts rather than ``torchattacks.AutoAttack``: that class leaves
+    APGD, APGD-T and FAB-T at its 10-step defaults, where the reference AutoAttack runs 100.
+    """
+    import torchattacks
+
+    eps = _check_eps(name, eps)
+    steps = _int_at_least(name, "steps", steps, 1)
+    n_queries = _int_at_least(name, "n_queries", n_queries, 1)
+    seed = _int_at_least(name, "seed", seed, 0)
+
+    def build(n_classes: int):
+        n = _targets(name, n_classes, _N_TARGET_CLASSES, dlr=True)
+        return torchattacks.MultiAttack([
+            torchattacks.APGD(model, norm=norm, eps=eps, steps=steps, n_restarts=1, seed=seed, loss="ce"),
+            torchattacks.APGDT(model, norm=norm, eps=eps, steps=steps, n_restarts=1, seed=seed, n_classes=n),
+            torchattacks.FAB(model, norm=norm, eps=eps, steps=steps, n_restarts=1, seed=seed,
+                             multi_targeted=True, n_classes=n),
+            torchattacks.Square(model, norm=norm, eps=eps, n_queries=n_queries, n_restarts=1, p_init=0.8,
+                                seed=seed),
+        ])
+
+    # FAB-T is minimum-norm, but it already keeps only points within eps; a bounded check suffices.
+    return _Adapter(name, model, eps, norm, build, needs_classes=True, seeded=True)
+
+
+@_threat_model("Linf")
+def autoattack(model, eps: float, *, steps: int = 100, n_queries: int = 5000, seed: int = 0):
+    """AutoAttack ℓ∞ standard (Croce & Hein, 2020): APGD-CE, APGD-T, FAB-T (``steps`` each, 9 target
+    classes), then Square (``n_queries``); each attacks only what the previous left. Needs >= 4 classes."""
+    return _autoattack("autoattack", "Linf", model, eps, steps, n_queries, seed)
+
+
+@_threat_model("L2")
+def autoattack_l2(model, eps: float, *, steps: int = 100, n_queries: int = 5000, seed: int = 0):
+    """AutoAttack ℓ2 standard: as ``autoattack`` with every component in the ℓ2 ball."""
+    return _autoattack("autoattack-l2", "L2", model, eps, steps, n_queries, seed)
+
+
+@_threat_model("Linf")
+def mifgsm(model, eps: float, *, steps: int = 10, alpha: float | None = None, decay: float = 1.0):
+    """MI-FGSM ℓ∞ (Dong et al., 2018): signed steps on a momentum of L1-normalized gradients; the
+    paper's step is eps/steps and its decay 1.0. Built for transfer; no random start."""
+    import torchattacks
+
+    eps = _check_eps("mifgsm", eps)
+    steps = _int_at_least("mifgsm", "steps", steps, 1)
+    alpha = _step("mifgsm", alpha, eps / steps)
+    decay = _positive("mifgsm", "decay", decay, allow_zero=True)
+    return _Adapter("mifgsm", model, eps, "Linf", lambda _: torchattacks.MIFGSM(
+        model, eps=eps, alpha=alpha, steps=steps, decay=decay))
+
+
+@_threat_model("Linf")
+def jitter(model, eps: float, *, steps: int = 10, alpha: float | None = None, scale: float = 10.0,
+           std: float = 0.1, random_start: bool = True):
+    """Jitter ℓ∞ (Schwinn et al., 2021): PGD on an MSE loss of scaled, noise-jittered softmax outputs,
+    which keeps pushing after the first misclassification."""
+    import torchattacks
+
+    eps = _check_eps("jitter", eps)
+    steps = _int_at_least("jitter", "steps", steps, 1)
+    alpha = _step("jitter", alpha, eps / 4)
+    scale = _positive("jitter", "scale", scale)
+    std = _positive("jitter", "std", std, allow_zero=True)
+    return _Adapter("jitter", model, eps, "Linf", lambda _: torchattacks.Jitter(
+        model, eps=eps, alpha=alpha, steps=steps, scale=scale, std=std, random_start=bool(random_start)))
 
 
 @hookimpl
 def rdd_register_attacks(register):
+    register("fgsm", fgsm, "torchattacks FGSM Linf (one step of eps)")
     register("pgd", pgd, "torchattacks PGD Linf (steps=20, alpha=eps/4, random start)")
-    register("fgsm", fgsm, "torchattacks FGSM Linf")
+    register("pgd-l2", pgd_l2, "torchattacks PGD L2 (steps=20, alpha=eps/4, random start)")
+    register("cw", cw, "torchattacks Carlini-Wagner L2, minimum-norm (c=1, kappa=0, steps=100, lr=0.01)")
+    register("apgd-ce", apgd_ce, "torchattacks APGD-CE Linf (steps=100, n_restarts=1, seed=0)")
+    register("apgd-t", apgd_t, "torchattacks APGD-T Linf (steps=100, 9 target classes, n_restarts=1, seed=0)")
+    register("fab", fab, "torchattacks FAB Linf, minimum-norm (steps=100, n_restarts=1, untargeted, seed=0)")
+    register("square", square, "torchattacks Square Linf (n_queries=5000, n_restarts=1, p_init=0.8, seed=0)")
+    register("autoattack", autoattack,
+             "AutoAttack Linf standard from torchattacks parts (APGD-CE, APGD-T, FAB-T steps=100; Square 5000)")
+    register("autoattack-l2", autoattack_l2,
+             "AutoAttack L2 standard from torchattacks parts (APGD-CE, APGD-T, FAB-T steps=100; Square 5000)")
+    register("mifgsm", mifgsm, "torchattacks MI-FGSM Linf (steps=10, alpha=eps/steps, decay=1.0)")
+    register("jitter", jitter, "torchattacks Jitter Linf (steps=10, alpha=eps/4, scale=10, std=0.1, random start)")

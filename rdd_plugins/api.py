@@ -58,8 +58,9 @@ def evaluation_config(distilled: DistilledSet, config: RunConfig | dict | str | 
 
 def evaluate(distilled: DistilledSet | str | Path, config: RunConfig | dict | str | Path | None = None, *,
              out: str | Path | None = None, progress: bool = True, overrides: dict | None = None,
-             label: str = "") -> dict:
-    """Train fresh models on a distilled set; clean and robust accuracy (mean ± std over seeds).
+             label: str = "") -> list[dict]:
+    """Train fresh models on a distilled set and attack them; one result per evaluation backbone
+    (clean accuracy, per-attack and worst-case robust accuracy, mean ± std over seeds).
 
     With ``out``, writes results.json, report.md, the resolved config and plots there.
     """
@@ -68,18 +69,136 @@ def evaluate(distilled: DistilledSet | str | Path, config: RunConfig | dict | st
         distilled = load_distilled(source)
     cfg = evaluation_config(distilled, config, overrides)
     registry = get_registry()
-    result = evaluate_set(distilled, cfg, registry, label=label, progress=progress)
-    if result["set"]["ipc"] is None:
-        result["set"]["ipc"] = int(distilled.images.shape[0] // len(distilled.dataset["classes"]))
+    results = evaluate_set(distilled, cfg, registry, label=label, progress=progress)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.toml", to_toml(cfg.to_dict()))
         grid = out / "distilled_images.png"
-        plot_image_grid(distilled.images, distilled.labels, distilled.dataset["classes"], grid, result["label"])
-        write_report(out, [result], cfg.to_dict(), title=f"Evaluation of {source or result['label']}",
-                     grids={result["label"]: grid})
+        name = results[0]["label"]
+        plot_image_grid(distilled.images, distilled.labels, distilled.dataset["classes"], grid, name)
+        write_report(out, results, cfg.to_dict(), title=f"Evaluation of {source or name}", grids={name: grid})
+    return results
+
+
+def compare(runs: list[str | Path], out: str | Path | None = None, title: str = "Comparison") -> list[dict]:
+    """Merge the results of several evaluations (folders or results.json files) into one table and
+    one plot. Rows keep their labels; a label seen twice gets its run folder's name added."""
+    from .evaluation.report import load_results
+
+    if not runs:
+        raise RddError("compare needs at least one run folder or results.json")
+    pairs = [(Path(run), row) for run in runs for row in load_results(run)]
+    counts: dict = {}
+    for _, row in pairs:
+        counts[(row["label"], row["backbone"])] = counts.get((row["label"], row["backbone"]), 0) + 1
+    rows = []
+    for run, row in pairs:
+        if counts[(row["label"], row["backbone"])] > 1:  # the same method from two runs: say which
+            row = {**row, "label": f"{row['label']} ({run.name})"}
+        rows.append(row)
+    datasets = {r["dataset"] for r in rows}
+    if len(datasets) > 1:
+        raise RddError(f"the runs evaluate different datasets ({', '.join(sorted(datasets))}); compare one at a time")
+    if out is not None:
+        write_report(out, rows, {"compared": [str(r) for r in runs]}, title=title,
+                     extra_json={"compared": [str(r) for r in runs]})
+    return rows
+
+
+def benchmark(distilled: DistilledSet | str | Path, config: RunConfig | dict | str | Path | None = None, *,
+              out: str | Path | None = None, dataset: str | None = None, threat_model: str = "Linf",
+              eps: str | float | None = None, n_examples: int = 10000, batch_size: int = 500,
+              name: str | None = None, progress: bool = True, overrides: dict | None = None) -> dict:
+    """RobustBench's protocol for a distilled set: train one model on it (the config's seed, DC
+    protocol), then AutoAttack (standard) on the first ``n_examples`` test points in order.
+
+    CIFAR-10/100 run through ``robustbench.eval.benchmark`` itself; other datasets (Fashion-MNIST)
+    through the same AutoAttack directly. Writes benchmark.json and a RobustBench ModelInfo JSON.
+    """
+    import torch
+
+    from rdd_integrations import robustbench_protocol as rb
+
+    from .config import parse_eps, resolve_device
+    from .distillation.loop import model_factory
+    from .evaluation.pipeline import backbone_specs, check_set_fits, load_test_split
+    from .evaluation.train import train_model
+    from .storage import write_json
+    from .versions import package_versions
+
+    source = distilled if isinstance(distilled, (str, Path)) else None
+    if source is not None:
+        distilled = load_distilled(source)
+    cfg = evaluation_config(distilled, config, overrides)
+    set_dataset = cfg.data.dataset
+    dataset = dataset or set_dataset
+    if dataset != set_dataset:
+        raise RddError(f"the set was distilled from {set_dataset!r}; it cannot be benchmarked on {dataset!r}")
+    if threat_model not in ("Linf", "L2"):
+        raise RddError(f"threat model must be Linf or L2, got {threat_model!r}")
+    if n_examples <= 0:
+        raise RddError("n_examples must be positive")
+    eps_value = rb.default_eps(dataset, threat_model) if eps is None else parse_eps(eps, threat_model)
+    registry = get_registry()
+    device = resolve_device(cfg.device)
+    backbone, backbone_params = backbone_specs(cfg)[0]
+    ecfg = cfg.evaluate
+    robustbench_datasets = ("cifar10", "cifar100")
+    test = load_test_split(registry, cfg) if dataset not in robustbench_datasets else None
+    if test is not None:
+        check_set_fits(distilled, test)
+    # robustbench loads CIFAR's test split itself: the model's shape then comes from the set's meta.
+    make_model = model_factory(registry, backbone, backbone_params, test or _DatasetShape(distilled), device)
+    torch.manual_seed(cfg.seed)
+    soft = distilled.soft_labels.to(device) if distilled.soft_labels is not None else None
+    model = train_model(make_model(), distilled.images.to(device), distilled.labels.to(device),
+                        epochs=ecfg.epochs, lr=ecfg.lr, momentum=ecfg.momentum, weight_decay=ecfg.weight_decay,
+                        batch_size=ecfg.batch_size, progress=progress, desc=f"{backbone} train seed {cfg.seed}",
+                        soft_labels=soft, temperature=ecfg.kd_temperature).eval()
+    if dataset in robustbench_datasets:
+        rb.check_robustbench()
+        result = rb.run_robustbench(model, dataset=dataset, threat_model=threat_model, eps=eps_value,
+                                    n_examples=n_examples, data_dir=cfg.data.root or "./data",
+                                    device=str(device), batch_size=batch_size)
+    else:
+        n = min(n_examples, test.images.shape[0])
+        result = rb.run_autoattack_direct(model, test.images[:n].to(device), test.labels[:n].to(device),
+                                          threat_model=threat_model, eps=eps_value, batch_size=batch_size,
+                                          device=str(device), seed=cfg.seed, dataset=dataset)
+    label = name or f"{distilled.meta.get('distiller', 'set')}+{distilled.meta.get('regularizer', 'none')}" \
+                    f"-ipc{distilled.meta.get('ipc', '?')}-{backbone.replace(':', '-')}"
+    info = rb.model_info(name=label, dataset=dataset, threat_model=threat_model, eps=eps_value,
+                         clean_acc=result["clean_acc"], autoattack_acc=result["autoattack_acc"],
+                         architecture=backbone,
+                         footnote=f"trained {ecfg.epochs} epochs on {distilled.images.shape[0]} distilled images "
+                                  f"({distilled.meta.get('distiller', '?')}+{distilled.meta.get('regularizer', '?')})")
+    result = {**result, "eps_text": info["eps"], "backbone": backbone, "seed": cfg.seed, "label": label}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.toml", to_toml(cfg.to_dict()))
+        info_path = out / "model_info" / f"{label}.json"
+        info_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(info_path, info)
+        result["model_info_path"] = str(info_path)
+        write_json(out / "benchmark.json", {"schema": "rdd-benchmark/1", "result": result, "model_info": info,
+                                            "config": cfg.to_dict(), "versions": package_versions()})
     return result
+
+
+class _DatasetShape:
+    """What ``model_factory`` needs from a dataset, read from a set's metadata (CIFAR is not loaded
+    here: robustbench loads its own test split)."""
+
+    def __init__(self, distilled: DistilledSet) -> None:
+        meta = distilled.dataset
+        self.channels = int(distilled.images.shape[1])
+        self.image_size = tuple(int(v) for v in distilled.images.shape[2:])
+        self.num_classes = len(meta["classes"])
+        if "mean" not in meta or "std" not in meta:
+            raise RddError("the set's meta.json has no dataset mean/std; the model cannot normalize its inputs")
+        self.mean, self.std = tuple(meta["mean"]), tuple(meta["std"])
 
 
 def quickstart(out: str | Path = "runs/quickstart", overrides: dict | None = None, progress: bool = True) -> dict:
@@ -89,4 +208,4 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: dict | None = Non
     return run_quickstart(out, overrides, progress=progress)
 
 
-__all__ = ["distill", "evaluate", "load_distilled", "get_registry", "quickstart", "RddError", "RunConfig"]
+__all__ = ["distill", "evaluate", "compare", "benchmark", "load_distilled", "get_registry", "quickstart", "RddError", "RunConfig"]

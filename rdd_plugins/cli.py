@@ -44,12 +44,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="train fresh models on a distilled set; clean and robust accuracy")
     _common(p)
     p.add_argument("set_dir", metavar="DIR", help="a distilled-set folder")
-    p.add_argument("--attack")
-    p.add_argument("--eps", nargs="+", metavar="EPS", help="pixel-unit eps values, e.g. 2/255 8/255 0.1")
-    p.add_argument("--seeds", type=int, help="number of fresh models")
+    p.add_argument("--suite", help="attack suite: quick, standard, autoattack, dd-robustbench, or a plugin's")
+    p.add_argument("--attack", help="attack name(s), comma-separated, e.g. fgsm,pgd,cw (beside --suite: run after it)")
+    p.add_argument("--eps", nargs="+", metavar="EPS", help="Linf eps in pixel units, e.g. 2/255 8/255 0.1")
+    p.add_argument("--eps-l2", nargs="+", metavar="EPS", help="L2 radii in pixel units, e.g. 0.5 1.0")
+    p.add_argument("--no-cascade", action="store_true",
+                   help="run every attack on all clean-correct points (per-attack tables), not only on survivors")
+    p.add_argument("--backbones", metavar="A,B", help="evaluation backbones, e.g. convnet,timm:resnet18")
+    p.add_argument("--seeds", type=int, help="number of fresh models per backbone")
     p.add_argument("--epochs", type=int)
     p.add_argument("--n-test", type=int, help="first N test points (0 = all)")
     p.add_argument("--out", metavar="DIR", help="report folder (default DIR/evaluation)")
+
+    p = sub.add_parser("compare", help="merge several evaluations into one table and one plot")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="evaluation folders or results.json files")
+    p.add_argument("--out", default="runs/compare", metavar="DIR", help="report folder (default runs/compare)")
+    p.add_argument("--title", default="Comparison")
+
+    p = sub.add_parser("benchmark", help="RobustBench protocol: AutoAttack standard on a model trained on the set")
+    _common(p)
+    p.add_argument("set_dir", metavar="DIR", help="a distilled-set folder")
+    p.add_argument("--dataset", help="must be the set's dataset (default); cifar10/cifar100 go through robustbench.benchmark")
+    p.add_argument("--threat-model", default="Linf", choices=["Linf", "L2"])
+    p.add_argument("--eps", help="default: the leaderboard's (Linf 8/255, L2 0.5)")
+    p.add_argument("--n-examples", type=int, default=10000, help="first N test points in order (RobustBench: 10000)")
+    p.add_argument("--backbone", help="the model to train on the set (default: the set's backbone)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--name", help="model name in the ModelInfo JSON (default: from the set)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default DIR/benchmark)")
 
     p = sub.add_parser("quickstart", help="random vs gm vs gm+curvature on Fashion-MNIST, CPU-sized")
     _common(p)
@@ -115,17 +137,51 @@ def cmd_distill(args) -> int:
     return 0
 
 
+def _print_rows(results: list[dict]) -> None:
+    for r in results:
+        s = r["summary"]
+        worst = ", ".join(f"{t} {e}: {v['mean']:.2f}±{v['std']:.2f}" for t, per in s["worst"].items()
+                          for e, v in per.items())
+        print(f"{r['label']} [{r['backbone']}] clean {s['clean']['mean']:.2f}±{s['clean']['std']:.2f}; "
+              f"worst case {worst}")
+
+
 def cmd_evaluate(args) -> int:
     from .api import evaluate
 
-    over = _overrides(args, {"attack": "evaluate.attack", "eps": "evaluate.eps", "seeds": "evaluate.seeds",
-                             "epochs": "evaluate.epochs", "n_test": "evaluate.n_test"})
+    over = _overrides(args, {"suite": "evaluate.suite", "attack": "evaluate.attack", "eps": "evaluate.eps",
+                             "eps_l2": "evaluate.eps_l2", "backbones": "evaluate.backbone",
+                             "seeds": "evaluate.seeds", "epochs": "evaluate.epochs", "n_test": "evaluate.n_test"})
+    if args.no_cascade:
+        over.setdefault("evaluate", {})["cascade"] = "off"
     out = args.out or str(Path(args.set_dir) / "evaluation")
-    result = evaluate(args.set_dir, args.config, out=out, progress=not args.no_progress, overrides=over)
-    s = result["summary"]
-    robust = ", ".join(f"{k}: {v['mean']:.2f}±{v['std']:.2f}" for k, v in s["robust"].items())
-    print(f"clean {s['clean']['mean']:.2f}±{s['clean']['std']:.2f}; {result['evaluation']['attack']} {robust}")
+    results = evaluate(args.set_dir, args.config, out=out, progress=not args.no_progress, overrides=over)
+    _print_rows(results)
     print(f"report: {Path(out) / 'report.md'}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .api import compare
+
+    rows = compare(args.runs, out=args.out, title=args.title)
+    _print_rows(rows)
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    from .api import benchmark
+
+    over = _overrides(args, {"backbone": "evaluate.backbone"})
+    out = args.out or str(Path(args.set_dir) / "benchmark")
+    result = benchmark(args.set_dir, args.config, out=out, dataset=args.dataset, threat_model=args.threat_model,
+                       eps=args.eps, n_examples=args.n_examples, batch_size=args.batch_size, name=args.name,
+                       progress=not args.no_progress, overrides=over)
+    print(f"{result['dataset']} {result['threat_model']} eps={result['eps_text']}: clean "
+          f"{100 * result['clean_acc']:.2f}%, AutoAttack {100 * result['autoattack_acc']:.2f}% "
+          f"on {result['n_examples']} points")
+    print(f"results: {Path(out) / 'benchmark.json'}; model info: {result['model_info_path']}")
     return 0
 
 
@@ -138,15 +194,13 @@ def cmd_quickstart(args) -> int:
         over = merge(load_toml(args.config), over)
     resolve(base=over)  # fail fast on a bad key before minutes of work
     summary = run_quickstart(args.out, over, progress=not args.no_progress)
-    for r in summary["results"]:
-        s = r["summary"]
-        robust = ", ".join(f"{k}: {v['mean']:.1f}" for k, v in s["robust"].items())
-        print(f"{r['label']:<14} clean {s['clean']['mean']:.2f}±{s['clean']['std']:.2f}  pgd {robust}")
+    _print_rows(summary["results"])
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 
 
-COMMANDS = {"plugins": cmd_plugins, "distill": cmd_distill, "evaluate": cmd_evaluate, "quickstart": cmd_quickstart}
+COMMANDS = {"plugins": cmd_plugins, "distill": cmd_distill, "evaluate": cmd_evaluate, "compare": cmd_compare,
+            "benchmark": cmd_benchmark, "quickstart": cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:

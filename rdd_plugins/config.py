@@ -53,7 +53,9 @@ class DistillConfig:
 class EvaluateConfig:
     """DC's evaluation protocol: fresh models, SGD momentum 0.9, wd 5e-4, lr x0.1 at half."""
 
-    backbone: str = ""  # "" = the distillation backbone
+    # "" = the distillation backbone; a comma list evaluates several, e.g. "convnet,timm:resnet18"
+    backbone: str = ""
+    # flat keys: for the one backbone; tables named after backbones: per backbone
     backbone_params: dict = field(default_factory=dict)
     seeds: int = 3
     epochs: int = 300
@@ -61,10 +63,14 @@ class EvaluateConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 256
-    attack: str = "pgd"
-    attack_params: dict = field(default_factory=dict)  # per attack; pgd defaults to 20 steps
-    # 16/255 and 0.1 separate methods on Fashion-MNIST, whose models keep most accuracy at 8/255.
-    eps: list = field(default_factory=lambda: ["2/255", "4/255", "8/255", "16/255"])
+    suite: str = ""  # a registered attack suite (quick, standard, autoattack, dd-robustbench, ...)
+    attack: str = ""  # attack name(s), comma-separated; with a suite: run after the suite's; "" = pgd
+    attack_params: dict = field(default_factory=dict)  # flat for one attack, else a table per attack
+    # [] = the suite's grid, else 2, 4, 8, 16/255 (16/255 separates methods on Fashion-MNIST, whose
+    # models keep much accuracy at 8/255). eps_l2: radii for L2 attacks ([] = suite's, else 0.5).
+    eps: list = field(default_factory=list)
+    eps_l2: list = field(default_factory=list)
+    cascade: str = "auto"  # auto = as the suite says (attack lists: on); on | off
     n_test: int = 0  # 0 = the whole test split
     eval_batch_size: int = 500
     kd_temperature: float = 4.0  # for sets with soft labels (SRe2L): KD at this temperature
@@ -96,18 +102,26 @@ class RunConfig:
             raise RddError("evaluate.epochs and evaluate.n_test must be >= 0 (n_test 0 = the whole test split)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise RddError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        for e in self.evaluate.eps:
+        for e in ev.eps:
             parse_eps(e)
+        for e in ev.eps_l2:
+            parse_eps(e, "L2")
+        if ev.cascade not in ("auto", "on", "off"):
+            raise RddError(f"evaluate.cascade must be auto, on or off, got {ev.cascade!r}")
         return self
 
 
-def parse_eps(value: Any) -> float:
-    """'8/255' or 0.0314 -> a float in pixel units of [0, 1] images."""
+def parse_eps(value: Any, threat_model: str = "Linf") -> float:
+    """'8/255' or 0.0314 -> a float in pixel units of [0, 1] images (an L2 radius for "L2")."""
     try:
         eps = float(Fraction(str(value).strip())) if isinstance(value, str) else float(value)
     except (ValueError, ZeroDivisionError):
         raise RddError(f"eps {value!r} is not a number or fraction such as 8/255") from None
-    if not 0.0 <= eps <= 1.0:
+    if threat_model == "L2":
+        # An L2 radius may exceed 1 (the diagonal of [0, 1]^d is sqrt(d)); 64 already covers 64x64x1.
+        if not 0.0 <= eps <= 64.0:
+            raise RddError(f"L2 eps {value!r} is outside [0, 64]: eps is an L2 radius in [0, 1] pixel units")
+    elif not 0.0 <= eps <= 1.0:
         raise RddError(f"eps {value!r} is outside [0, 1]: eps is in pixel units of [0, 1] images (8/255, not 8)")
     return eps
 

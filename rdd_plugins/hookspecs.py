@@ -70,6 +70,28 @@ def rdd_register_attacks(register):
     ``(images, labels) -> adversarial_images``. Images are in [0, 1] and ``eps`` is in pixel units of
     that range (8/255 means 8 grey levels). The model normalizes internally and is already in eval
     mode. A ``torchattacks.Attack`` instance satisfies this contract unchanged.
+
+    The factory may carry an attribute ``threat_model``: ``"Linf"`` (the default when absent) or
+    ``"L2"``; ``eps`` is then the radius of that ball. The evaluation checks every adversarial batch
+    against it (and against [0, 1]) and stops with an error naming the attack when one leaves it,
+    so a minimum-norm attack (CW, FAB) must itself give back the clean image for points it cannot
+    break within ``eps``. Random attacks draw from torch's global RNG, which the evaluation seeds.
+    """
+
+
+@hookspec
+def rdd_register_attack_suites(register):
+    """Register attack suites: named, ordered sets of attacks with their eps grids.
+
+    ``factory(**params) -> rdd_plugins.evaluation.suites.AttackSuite``: ``attacks``, a tuple of
+    ``SuiteAttack(attack=<registered attack name>, params={...})`` cheapest first; ``eps``, a
+    dict threat model -> eps grid such as ``{"Linf": ("8/255",), "L2": ("0.5",)}``; and
+    ``cascade``. With ``cascade=True`` each attack runs only on the points that are still robust
+    after the attacks before it at the same threat model and eps (AutoAttack's way: the expensive
+    attacks see few points), and its reported robust accuracy is the cumulative one. With
+    ``cascade=False`` every attack runs on all clean-correct points (per-attack tables, as
+    DD-RobustBench reports them). Attack names are resolved when the suite is used, so a suite may
+    name attacks that other plugins provide. ``rdd evaluate --suite NAME`` selects one.
     """
 
 

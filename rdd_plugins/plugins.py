@@ -26,6 +26,7 @@ BUILTIN_PLUGINS = (
     "rdd_plugins.builtin.backbones",
     "rdd_plugins.builtin.regularizers",
     "rdd_plugins.builtin.distillers",
+    "rdd_plugins.builtin.suites",
 )
 
 

@@ -8,13 +8,14 @@ from typing import Any, Callable
 
 from .errors import RddError, UnknownNameError
 
-KINDS = ("datasets", "backbones", "distillers", "regularizers", "attacks")
+KINDS = ("datasets", "backbones", "distillers", "regularizers", "attacks", "attack_suites")
 _SINGULAR = {
     "datasets": "dataset",
     "backbones": "backbone",
     "distillers": "distiller",
     "regularizers": "regularizer",
     "attacks": "attack",
+    "attack_suites": "attack suite",
 }
 
 
@@ -64,15 +65,24 @@ class Registry:
             self._entries[e.kind][e.name] = replace(e, overrides=previous.plugin if previous else "")
 
     def get(self, kind: str, name: str) -> Entry:
+        """The entry called ``name``; ``family:variant`` falls back to a family entry ``family:``."""
         table = self._entries[kind]
-        if name not in table:
-            known = ", ".join(sorted(table)) or "(none)"
-            raise UnknownNameError(f"unknown {_SINGULAR[kind]} {name!r}; known: {known}")
-        return table[name]
+        if name in table:
+            return table[name]
+        family, sep, variant = name.partition(":")
+        if sep and variant and f"{family}:" in table:
+            return table[f"{family}:"]
+        known = ", ".join(n + ("NAME" if n.endswith(":") else "") for n in sorted(table)) or "(none)"
+        raise UnknownNameError(f"unknown {_SINGULAR[kind]} {name!r}; known: {known}")
 
     def create(self, kind: str, name: str, *args: Any, **params: Any) -> Any:
-        """Build a part: ``factory(*args, **params)``; parameters it does not take are a one-line error."""
+        """Build a part: ``factory(*args, **params)``; parameters it does not take are a one-line error.
+
+        A family entry (registered as ``"timm:"``) is called with ``variant=`` the rest of the name.
+        """
         entry = self.get(kind, name)
+        if entry.name != name:
+            params = {"variant": name.partition(":")[2], **params}
         try:
             signature = inspect.signature(entry.factory)
         except (TypeError, ValueError):  # some C callables have no signature; let the call decide

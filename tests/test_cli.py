@@ -48,8 +48,31 @@ def test_distill_then_evaluate_on_synthetic(tmp_path):
     assert "clean" in proc.stdout
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     (r,) = results["results"]
-    assert r["evaluation"]["attack"] == "fgsm" and r["evaluation"]["eps"] == ["2/255", "0.1"]
+    assert [(a["attack"], a["eps"]) for a in r["evaluation"]["attacks"]] == [("fgsm", ["2/255", "0.1"])]
     assert len(r["per_seed"]) == 2 and results["config"]["seed"] == 3
+
+
+def test_evaluate_with_suites_then_compare(tmp_path):
+    out = tmp_path / "run"
+    rdd("distill", "--dataset", "synthetic", "--ipc", "2", "--iterations", "1", "--out", str(out), *TINY)
+    common = ["--seeds", "1", "--n-test", "30", "--set", "evaluate.epochs=5", "--no-progress"]
+    rdd("evaluate", str(out), "--suite", "quick", "--eps", "4/255", "16/255", "--out", str(tmp_path / "quick"), *common)
+    rdd("evaluate", str(out), "--suite", "dd-robustbench", "--attack", "pgd-l2", "--eps-l2", "0.25",
+        "--out", str(tmp_path / "ddrb"), *common)
+    quick = json.loads((tmp_path / "quick" / "results.json").read_text())["results"][0]
+    assert [a["attack"] for a in quick["evaluation"]["attacks"]] == ["fgsm", "pgd"] and quick["evaluation"]["cascade"]
+    assert list(quick["summary"]["worst"]["Linf"]) == ["4/255", "16/255"]
+    ddrb = json.loads((tmp_path / "ddrb" / "results.json").read_text())["results"][0]
+    assert [a["attack"] for a in ddrb["evaluation"]["attacks"]] == ["fgsm", "pgd", "mifgsm", "jitter", "pgd-l2"]
+    assert list(ddrb["summary"]["worst"]["Linf"]) == ["1/255", "2/255", "3/255", "4/255", "8/255"]
+    assert list(ddrb["summary"]["worst"]["L2"]) == ["0.25"] and ddrb["evaluation"]["cascade"] is False
+    for name in ("quick", "ddrb"):
+        assert {"results.json", "report.md", "robust_vs_eps.png", "distilled_images.png", "config.toml"} <= \
+            {p.name for p in (tmp_path / name).iterdir()}
+    proc = rdd("compare", str(tmp_path / "quick"), str(tmp_path / "ddrb"), "--out", str(tmp_path / "cmp"))
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert "gm+none (quick)" in report and "gm+none (ddrb)" in report and "Linf 16/255" in report
+    assert "gm+none (ddrb) [convnet]" in proc.stdout
 
 
 def test_config_file_with_cli_override(tmp_path):
@@ -98,6 +121,11 @@ def test_quickstart_runs_end_to_end_on_synthetic(tmp_path):
     (["evaluate", "GOOD"], "does not fit the test data"),
     (["evaluate", "GOOD", "--n-test", "-3"], "n_test must be >= 0"),
     (["evaluate", "GOOD", "--eps", "abc"], "eps 'abc' is not a number"),
+    (["evaluate", "GOOD", "--suite", "quik"], "unknown attack suite 'quik'; known: autoattack, dd-robustbench"),
+    (["evaluate", "GOOD", "--eps-l2", "100"], "L2 eps '100' is outside [0, 64]"),
+    (["evaluate", "GOOD", "--attack", "fgsm,pgd", "--set", "evaluate.attack_params.steps=3"], "own table"),
+    (["compare", "NOPE"], "no results.json"),
+    (["benchmark", "GOOD", "--dataset", "cifar10"], "cannot be benchmarked on 'cifar10'"),
     (["distill", "--dataset", "synthetic", "--set", 'distill.ipc="ten"', "--out", "X"], "distill.ipc must be an integer"),
     (["distill", "--dataset", "synthetic", "--set", "distill.params.lr_imgg=1", "--out", "X"], "lr_imgg"),
     (["distill", "--dataset", "synthetic", "--set", "seed=1", "--set", "seed.x=1", "--out", "X"], "is a value"),
@@ -121,3 +149,19 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith("rdd: error: ") and message in lines[0], lines[0]
+
+
+def test_benchmark_runs_autoattack_on_the_first_points_and_writes_model_info(tmp_path):
+    out = tmp_path / "run"
+    four_classes = ["--set", "data.params={num_classes = 4, image_size = 8, per_class = 12}"]
+    rdd("distill", "--dataset", "synthetic", "--ipc", "2", "--iterations", "1", "--out", str(out), *TINY, *four_classes)
+    proc = rdd("benchmark", str(out), "--n-examples", "8", "--eps", "4/255", "--set", "evaluate.epochs=5",
+               "--out", str(tmp_path / "bench"), "--no-progress")
+    bench = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
+    result = bench["result"]
+    assert result["n_examples"] == 8 and result["dataset"] == "synthetic" and result["threat_model"] == "Linf"
+    assert 0 <= result["autoattack_acc"] <= result["clean_acc"] <= 1
+    (info_path,) = (tmp_path / "bench" / "model_info").iterdir()
+    info = json.loads(info_path.read_text())
+    assert info["eps"] == "4/255" and info["clean_acc"] == f"{100 * result['clean_acc']:.2f}"
+    assert info["architecture"] == "convnet" and "AutoAttack" in proc.stdout

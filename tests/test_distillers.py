@@ -95,7 +95,7 @@ def test_sre2l_recovers_relabels_and_evaluates_with_kd(make_config, tmp_path, re
     assert (ds.soft_labels.argmax(1) == ds.labels).float().mean() >= 0.75
     losses = [h["ce"] for h in json.loads((tmp_path / "history.json").read_text())["history"]]
     assert losses[-1] < losses[0]
-    result = rdd_plugins.evaluate(ds, progress=False)
+    (result,) = rdd_plugins.evaluate(ds, progress=False)
     assert len(result["per_seed"]) == 2 and 0 <= result["summary"]["clean"]["mean"] <= 100
 
 

@@ -86,20 +86,24 @@ def test_pgd_lowers_accuracy_of_a_trained_model(make_config):
     cfg["evaluate"].update(eps=["0", "16/255", "64/255"], epochs=40, seeds=1)
     ds = rdd_plugins.distill({**cfg, "distill": {**cfg["distill"], "distiller": "random", "params": {}}},
                              progress=False)
-    result = rdd_plugins.evaluate(ds, cfg, progress=False)
+    (result,) = rdd_plugins.evaluate(ds, cfg, progress=False)
     s = result["summary"]
+    pgd = s["attacks"]["pgd"]
     assert s["clean"]["mean"] > 60  # the synthetic task is learnable from 2 images per class
-    assert s["robust"]["0"]["mean"] == s["clean"]["mean"]  # eps 0 cannot fool anything
-    assert s["robust"]["64/255"]["mean"] < s["robust"]["16/255"]["mean"] <= s["clean"]["mean"]
+    assert pgd["0"]["robust"]["mean"] == s["clean"]["mean"]  # eps 0 cannot fool anything
+    assert pgd["0"]["success_rate"]["mean"] == 0
+    assert pgd["64/255"]["robust"]["mean"] < pgd["16/255"]["robust"]["mean"] <= s["clean"]["mean"]
+    assert pgd["64/255"]["success_rate"]["mean"] > 0
+    assert s["worst"]["Linf"]["64/255"] == pgd["64/255"]["robust"]  # one attack: worst case = that attack
 
 
 def test_evaluate_writes_report_config_and_plots(make_config, tmp_path):
     cfg = make_config()
     ds = rdd_plugins.distill(cfg, out=tmp_path / "set", progress=False)
-    result = rdd_plugins.evaluate(tmp_path / "set", out=tmp_path / "eval", progress=False)
+    (result,) = rdd_plugins.evaluate(tmp_path / "set", out=tmp_path / "eval", progress=False)
     names = {p.name for p in (tmp_path / "eval").iterdir()}
     assert {"results.json", "report.md", "config.toml", "robust_vs_eps.png", "distilled_images.png"} <= names
     report = (tmp_path / "eval" / "report.md").read_text()
-    assert "| gm+none |" in report and "pgd 8/255" in report
+    assert "| gm+none | convnet | 2 |" in report and "Linf 8/255" in report and "| pgd | 8/255 |" in report
     assert result["evaluation"]["seeds"] == 2 and len(result["per_seed"]) == 2
     assert ds.meta["config"]["distill"]["ipc"] == 2

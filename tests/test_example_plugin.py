@@ -50,7 +50,7 @@ def test_example_parts_work_by_name_in_the_cli(installed_example, tmp_path):
                           "--set", "evaluate.epochs=5", "--out", str(tmp_path / "eval"), *tiny],
                          check=True, capture_output=True, text=True)
     results = json.loads((tmp_path / "eval" / "results.json").read_text())["results"][0]
-    assert results["evaluation"]["attack"] == "random-sign" and results["evaluation"]["backbone"] == "mlp"
+    assert results["evaluation"]["attacks"][0]["attack"] == "random-sign" and results["evaluation"]["backbone"] == "mlp"
     assert "clean" in out.stdout
 
 

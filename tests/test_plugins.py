@@ -9,10 +9,12 @@ from rdd_plugins.errors import RddError, UnknownNameError
 
 EXPECTED = {
     "datasets": {"fashion-mnist", "cifar10", "cifar100", "synthetic"},
-    "backbones": {"convnet"},
+    "backbones": {"convnet", "timm:"},
     "distillers": {"gm", "dsa", "dm", "random", "herding", "sre2l"},
     "regularizers": {"none", "curvature", "cure", "gradient-norm", "adversarial"},
-    "attacks": {"pgd", "fgsm"},
+    "attacks": {"fgsm", "pgd", "pgd-l2", "cw", "apgd-ce", "apgd-t", "fab", "square", "autoattack", "mifgsm",
+                "jitter"},
+    "attack_suites": {"quick", "standard", "autoattack", "dd-robustbench"},
 }
 
 

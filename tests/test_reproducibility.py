@@ -22,10 +22,19 @@ def test_distillation_moves_the_images_and_keeps_them_in_range(make_config):
     assert end.labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
+def without_timings(value):
+    """Everything but wall-clock fields, which legitimately differ between runs."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if not k.endswith("seconds")}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
 def test_same_seed_gives_identical_evaluation(make_config, tmp_path):
     cfg = make_config()
     ds = rdd_plugins.distill(cfg, progress=False)
-    r1 = rdd_plugins.evaluate(ds, progress=False)
-    r2 = rdd_plugins.evaluate(ds, progress=False)
-    assert r1["per_seed"] == [{**r, "train_seconds": s["train_seconds"], "attack_seconds": s["attack_seconds"]}
-                              for r, s in zip(r2["per_seed"], r1["per_seed"])]
+    (r1,) = rdd_plugins.evaluate(ds, progress=False)
+    (r2,) = rdd_plugins.evaluate(ds, progress=False)
+    assert without_timings(r1["per_seed"]) == without_timings(r2["per_seed"])
+    assert r1["per_seed"][0]["attacks"]["pgd"]  # the comparison covers the attack results

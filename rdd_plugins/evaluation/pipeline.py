@@ -1,14 +1,14 @@
-"""The evaluation loop: fresh models per seed, clean accuracy, robust accuracy per eps.
+"""The evaluation loop: per backbone and seed a fresh model, clean accuracy, then every planned
+attack at every eps of its threat model.
 
-Like the distillation loop it names no concrete component: backbone and attack come from the
-registry by name.
+Like the distillation loop it names no concrete component: backbones, attacks and suites come from
+the registry by name.
 """
 
 from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from ..config import RunConfig, parse_eps, resolve_device
@@ -18,16 +18,13 @@ from ..errors import RddError
 from ..lifecycle import notify
 from ..registry import Registry
 from ..storage import DistilledSet
+from .metrics import robustness_indices, success_rate, summarize
 from .robust import clean_correct, robust_correct
+from .suites import PlannedAttack, plan_attacks
 from .train import train_model
 
-RESULTS_SCHEMA = "rdd-results/1"
-
-
-def summarize(values: list[float]) -> dict:
-    """Mean and std in percent; std with ddof=0 over models, as DC reports it."""
-    arr = np.asarray(values, dtype=np.float64) * 100.0
-    return {"mean": round(float(arr.mean()), 3), "std": round(float(arr.std()), 3), "n": len(values)}
+# 2: several attacks, threat models and backbones per set; per-attack success rates; indices.
+RESULTS_SCHEMA = "rdd-results/2"
 
 
 def load_test_split(registry: Registry, config: RunConfig) -> ImageData:
@@ -53,65 +50,164 @@ def check_set_fits(distilled: DistilledSet, test: ImageData) -> None:
         raise RddError(f"the distilled set does not fit the test data ({'; '.join(mismatches)})")
 
 
+def backbone_specs(config: RunConfig) -> list[tuple[str, dict]]:
+    """(name, params) per evaluation backbone. The distillation backbone keeps its own parameters
+    (DC's protocol evaluates on the architecture the set was made with); ``backbone_params`` adds
+    flat keys when one backbone runs, or a table per backbone name."""
+    ecfg = config.evaluate
+    names = [n.strip() for n in ecfg.backbone.split(",") if n.strip()] or [config.backbone.name]
+    if len(set(names)) != len(names):
+        raise RddError(f"a backbone is listed twice: {ecfg.backbone}")
+    per = {n: v for n, v in ecfg.backbone_params.items() if n in names and isinstance(v, dict)}
+    flat = {k: v for k, v in ecfg.backbone_params.items() if k not in per}
+    if flat and len(names) > 1:
+        raise RddError(f"evaluate.backbone_params has flat keys ({', '.join(sorted(flat))}) but "
+                       f"{len(names)} backbones run; give each its own table")
+    specs = []
+    for name in names:
+        base = dict(config.backbone.params) if name == config.backbone.name else {}
+        specs.append((name, {**base, **flat, **per.get(name, {})}))
+    return specs
+
+
+def run_attacks(model, registry: Registry, plan: list[PlannedAttack], cascade: bool, x: torch.Tensor,
+                y: torch.Tensor, correct: torch.Tensor, *, seed: int, batch_size: int, progress: bool,
+                name: str) -> tuple[dict, dict]:
+    """Every planned attack at every eps; (per attack -> eps -> record, threat -> eps -> worst case).
+
+    Cascade: at one threat model and eps, each attack runs only on the points every attack before
+    it failed to break, and eps grows from small to large on the points robust at the smaller eps
+    (an adversarial example inside a small ball is inside every larger one). An attack's ``robust``
+    is then cumulative. Otherwise each attack runs on all clean-correct points at every eps. The
+    worst case (correct under every attack at that eps and every smaller one) breaks the same points
+    either way, up to the attacks' random starts.
+    """
+    n = x.shape[0]
+    per_attack: dict = {a.attack: {} for a in plan}
+    worst: dict = {}
+    for threat in dict.fromkeys(a.threat_model for a in plan):
+        group = [a for a in plan if a.threat_model == threat]
+        robust_smaller = correct.clone()
+        for text in sorted(group[0].eps, key=lambda e: parse_eps(e, threat)):
+            eps = parse_eps(text, threat)
+            alive = robust_smaller.clone() if cascade else correct.clone()
+            for a in group:
+                target = alive if cascade else correct
+                # Each attack's random draws depend on the seed only, not on what ran before it.
+                torch.manual_seed(seed)
+                attack = registry.create("attacks", a.attack, model, eps, **a.params)
+                if not callable(attack):
+                    raise RddError(f"attack {a.attack!r} (plugin {registry.get('attacks', a.attack).plugin!r}) "
+                                   f"returned {type(attack).__name__}, not a callable (images, labels) -> images")
+                t0 = time.perf_counter()
+                survived = robust_correct(model, attack, x, y, target, batch_size, progress=progress,
+                                          desc=f"{name} {a.attack} eps={text}", eps=eps, threat_model=threat)
+                seconds = time.perf_counter() - t0
+                attacked, fooled = int(target.sum()), int((target & ~survived).sum())
+                alive = alive & survived
+                per_attack[a.attack][text] = {
+                    # cascade: survived is a subset of the points alive before, so this is cumulative
+                    "robust": float(survived.sum()) / n,
+                    "success_rate": success_rate(attacked, fooled),
+                    "attacked": attacked, "fooled": fooled, "seconds": round(seconds, 3),
+                }
+            if not cascade:
+                alive = alive & robust_smaller  # the worst case still counts smaller-eps breaks
+            robust_smaller = alive
+            worst.setdefault(threat, {})[text] = float(alive.sum()) / n
+    return per_attack, worst
+
+
+def _summary(per_seed: list[dict], plan: list[PlannedAttack]) -> dict:
+    summary = {
+        "clean": summarize([r["clean"] for r in per_seed]),
+        "attacks": {
+            a.attack: {
+                e: {"robust": summarize([r["attacks"][a.attack][e]["robust"] for r in per_seed]),
+                    "success_rate": summarize([r["attacks"][a.attack][e]["success_rate"] for r in per_seed])}
+                for e in a.eps
+            }
+            for a in plan
+        },
+        "worst": {t: {e: summarize([r["worst"][t][e] for r in per_seed]) for e in eps}
+                  for t, eps in per_seed[0]["worst"].items()},
+    }
+    # Indices over every (attack, eps) accuracy of this set, from the means over models (BEARD's input).
+    attacked = [summary["attacks"][a.attack][e]["robust"]["mean"] / 100 for a in plan for e in a.eps]
+    times = [sum(r["attacks"][a.attack][e]["seconds"] for r in per_seed) / len(per_seed) for a in plan for e in a.eps]
+    summary["indices"] = robustness_indices(
+        [summary["clean"]["mean"] / 100], attacked,
+        [sum(r["clean_seconds"] for r in per_seed) / len(per_seed)], times)
+    return summary
+
+
 def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry, *,
-                 test: ImageData | None = None, label: str = "", progress: bool = True) -> dict:
-    """Train ``config.evaluate.seeds`` fresh models on ``distilled`` and attack each one."""
+                 test: ImageData | None = None, label: str = "", progress: bool = True) -> list[dict]:
+    """Train ``config.evaluate.seeds`` fresh models per backbone on ``distilled`` and attack each.
+
+    Returns one result per backbone (the rows of results.json).
+    """
     ecfg = config.evaluate
     device = resolve_device(config.device)
-    backbone = ecfg.backbone or config.backbone.name
-    backbone_params = ecfg.backbone_params if ecfg.backbone else {**config.backbone.params, **ecfg.backbone_params}
-    registry.get("attacks", ecfg.attack)
+    specs = backbone_specs(config)
+    for backbone, _ in specs:
+        registry.get("backbones", backbone)
+    attacks = [a.strip() for a in ecfg.attack.split(",") if a.strip()]
+    plan, cascade = plan_attacks(registry, suite=ecfg.suite, attacks=attacks, attack_params=ecfg.attack_params,
+                                 eps=ecfg.eps, eps_l2=ecfg.eps_l2, cascade=ecfg.cascade)
     test = test or load_test_split(registry, config)
     check_set_fits(distilled, test)
     x_test, y_test = test.images.to(device), test.labels.to(device)
     images, labels = distilled.images.to(device), distilled.labels.to(device)
     soft = distilled.soft_labels.to(device) if distilled.soft_labels is not None else None
-    make_model = model_factory(registry, backbone, backbone_params, test, device)
-    eps_list = [(str(e), parse_eps(e)) for e in ecfg.eps]
     name = label or f"{distilled.meta.get('distiller', '?')}+{distilled.meta.get('regularizer', '?')}"
+    ipc = distilled.meta.get("ipc") or int(images.shape[0] // len(test.classes))
 
-    per_seed = []
-    for i in range(ecfg.seeds):
-        seed = config.seed + i
-        torch.manual_seed(seed)
-        t0 = time.perf_counter()
-        model = train_model(make_model(), images, labels, epochs=ecfg.epochs, lr=ecfg.lr,
-                            momentum=ecfg.momentum, weight_decay=ecfg.weight_decay,
-                            batch_size=ecfg.batch_size, progress=progress, desc=f"{name} train seed {seed}",
-                            soft_labels=soft, temperature=ecfg.kd_temperature)
-        t1 = time.perf_counter()
-        correct = clean_correct(model, x_test, y_test, ecfg.eval_batch_size)
-        robust = {}
-        for text, eps in eps_list:
-            attack = registry.create("attacks", ecfg.attack, model, eps, **ecfg.attack_params)
-            if not callable(attack):
-                raise RddError(f"attack {ecfg.attack!r} (plugin {registry.get('attacks', ecfg.attack).plugin!r}) "
-                               f"returned {type(attack).__name__}, not a callable (images, labels) -> images")
-            mask = robust_correct(model, attack, x_test, y_test, correct, ecfg.eval_batch_size,
-                                  progress=progress, desc=f"{name} {ecfg.attack} eps={text}")
-            robust[text] = float(mask.float().mean())
-        per_seed.append({
-            "seed": seed,
-            "clean": float(correct.float().mean()),
-            "robust": robust,
-            "train_seconds": round(t1 - t0, 3),
-            "attack_seconds": round(time.perf_counter() - t1, 3),
-        })
-    report = {
-        "label": name,
-        "set": {k: distilled.meta.get(k) for k in ("distiller", "regularizer", "ipc", "backbone", "seed",
-                                                   "completed_iterations")},
-        "dataset": test.name,
-        "evaluation": {
-            "backbone": backbone, "backbone_params": backbone_params, "seeds": ecfg.seeds,
-            "epochs": ecfg.epochs, "attack": ecfg.attack, "attack_params": ecfg.attack_params,
-            "eps": [t for t, _ in eps_list], "n_test": int(x_test.shape[0]), "device": str(device),
-        },
-        "per_seed": per_seed,
-        "summary": {
-            "clean": summarize([r["clean"] for r in per_seed]),
-            "robust": {t: summarize([r["robust"][t] for r in per_seed]) for t, _ in eps_list},
-        },
-    }
-    notify("rdd_evaluation_finished", report=report)
-    return report
+    factories = [(b, p, model_factory(registry, b, p, test, device)) for b, p in specs]
+    for _, _, make_model in factories:
+        make_model()  # a backbone that cannot be built fails now, not after minutes of training
+    rows = []
+    for backbone, backbone_params, make_model in factories:
+        tag = name if len(specs) == 1 else f"{name} [{backbone}]"
+        per_seed = []
+        for i in range(ecfg.seeds):
+            seed = config.seed + i
+            torch.manual_seed(seed)
+            t0 = time.perf_counter()
+            model = train_model(make_model(), images, labels, epochs=ecfg.epochs, lr=ecfg.lr,
+                                momentum=ecfg.momentum, weight_decay=ecfg.weight_decay,
+                                batch_size=ecfg.batch_size, progress=progress, desc=f"{tag} train seed {seed}",
+                                soft_labels=soft, temperature=ecfg.kd_temperature)
+            t1 = time.perf_counter()
+            correct = clean_correct(model, x_test, y_test, ecfg.eval_batch_size)
+            t2 = time.perf_counter()
+            per_attack, worst = run_attacks(model, registry, plan, cascade, x_test, y_test, correct, seed=seed,
+                                            batch_size=ecfg.eval_batch_size, progress=progress, name=tag)
+            per_seed.append({
+                "seed": seed,
+                "clean": float(correct.float().mean()),
+                "attacks": per_attack,
+                "worst": worst,
+                "train_seconds": round(t1 - t0, 3),
+                "clean_seconds": round(t2 - t1, 4),
+                "attack_seconds": round(time.perf_counter() - t2, 3),
+            })
+        row = {
+            "label": name,
+            "backbone": backbone,
+            "set": {**{k: distilled.meta.get(k) for k in ("distiller", "regularizer", "backbone", "seed",
+                                                         "completed_iterations")}, "ipc": ipc},
+            "dataset": test.name,
+            "evaluation": {
+                "backbone": backbone, "backbone_params": backbone_params, "seeds": ecfg.seeds,
+                "epochs": ecfg.epochs, "suite": ecfg.suite, "cascade": cascade,
+                "attacks": [{"attack": a.attack, "params": a.params, "threat_model": a.threat_model,
+                             "eps": list(a.eps)} for a in plan],
+                "n_test": int(x_test.shape[0]), "device": str(device),
+            },
+            "per_seed": per_seed,
+            "summary": _summary(per_seed, plan),
+        }
+        notify("rdd_evaluation_finished", report=row)
+        rows.append(row)
+    return rows

@@ -2,49 +2,115 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from ..config import parse_eps
+from ..errors import RddError
 from ..storage import atomic_write_text, write_json
 from ..versions import package_versions
 from .pipeline import RESULTS_SCHEMA
 
 
-def _cell(stat: dict) -> str:
-    return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+def _cell(stat: dict | None) -> str:
+    return "—" if stat is None else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
 
 
-def markdown_table(results: list[dict]) -> str:
-    eps = results[0]["evaluation"]["eps"]
-    head = "| set | clean | " + " | ".join(f"{results[0]['evaluation']['attack']} {e}" for e in eps) + " |"
-    rule = "|---" * (2 + len(eps)) + "|"
-    rows = [
-        f"| {r['label']} | {_cell(r['summary']['clean'])} | "
-        + " | ".join(_cell(r["summary"]["robust"][e]) for e in eps) + " |"
-        for r in results
-    ]
-    return "\n".join([head, rule, *rows])
+def _row_name(r: dict) -> str:
+    return f"{r['label']} [{r['backbone']}]"
+
+
+def upgrade_result(row: dict) -> dict:
+    """A schema-1 row (one attack, ``summary.robust[eps]``) in schema-2 form, so old runs compare."""
+    if "attacks" in row["summary"]:
+        return row
+    ev = dict(row["evaluation"])
+    attack, eps = ev.pop("attack"), ev.pop("eps")
+    ev.update(attacks=[{"attack": attack, "params": ev.pop("attack_params", {}), "threat_model": "Linf",
+                        "eps": eps}], suite="", cascade=True)
+    summary = {"clean": row["summary"]["clean"],
+               "attacks": {attack: {e: {"robust": row["summary"]["robust"][e]} for e in eps}},
+               "worst": {"Linf": dict(row["summary"]["robust"])}}
+    return {**row, "backbone": ev["backbone"], "evaluation": ev, "summary": summary}
+
+
+def load_results(path: str | Path) -> list[dict]:
+    """The rows of a results.json, or of DIR/results.json, or of DIR/evaluation/results.json."""
+    path = Path(path)
+    candidates = [path] if path.is_file() else [path / "results.json", path / "evaluation" / "results.json"]
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                data = json.loads(candidate.read_text())
+                return [upgrade_result(r) for r in data["results"]]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise RddError(f"{candidate} is not an rdd results.json ({type(exc).__name__}: {exc})") from None
+    raise RddError(f"no results.json in {path} (looked for {', '.join(str(c) for c in candidates)})")
+
+
+def _worst_columns(results: list[dict]) -> list[tuple[str, str]]:
+    columns: dict = {}
+    for r in results:
+        for threat, per_eps in r["summary"]["worst"].items():
+            for e in per_eps:
+                columns[(threat, e)] = None
+    return sorted(columns, key=lambda c: (c[0] != "Linf", c[0], parse_eps(c[1], c[0])))
+
+
+def markdown_tables(results: list[dict]) -> str:
+    """Headline table (worst case over each row's attacks) and the per-attack table."""
+    cols = _worst_columns(results)
+    with_indices = all("indices" in r["summary"] for r in results)
+    head = ("| set | backbone | IPC | clean | " + " | ".join(f"{t} {e}" for t, e in cols)
+            + (" | I-RR | RR | CREI" if with_indices else "") + " |")
+    lines = [head, "|---" * (4 + len(cols) + 3 * with_indices) + "|"]
+    for r in results:
+        worst = r["summary"]["worst"]
+        cells = [_cell(worst.get(t, {}).get(e)) for t, e in cols]
+        idx = r["summary"].get("indices", {})
+        extra = [f"{idx.get(k, float('nan')):.1f}" for k in ("I-RR", "RR", "CREI")] if with_indices else []
+        lines.append(f"| {r['label']} | {r['backbone']} | {r['set'].get('ipc', '?')} | "
+                     f"{_cell(r['summary']['clean'])} | " + " | ".join(cells + extra) + " |")
+    detail = ["| set | backbone | attack | eps | robust | success rate |", "|---|---|---|---|---|---|"]
+    for r in results:
+        for attack, per_eps in r["summary"]["attacks"].items():
+            for e, stats in per_eps.items():
+                detail.append(f"| {r['label']} | {r['backbone']} | {attack} | {e} | {_cell(stats['robust'])} | "
+                              f"{_cell(stats.get('success_rate'))} |")
+    return "\n".join(lines + ["", *detail])
 
 
 def plot_robust_vs_eps(results: list[dict], path: Path) -> None:
+    """One panel per threat model; one line per (set, backbone): accuracy under the worst case of its
+    attacks against eps, with clean accuracy at eps 0 and the std over models as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on servers
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for r in results:
-        eps = [0.0] + [parse_eps(e) * 255 for e in r["evaluation"]["eps"]]
-        stats = [r["summary"]["clean"]] + [r["summary"]["robust"][e] for e in r["evaluation"]["eps"]]
-        ax.errorbar(eps, [s["mean"] for s in stats], yerr=[s["std"] for s in stats], marker="o",
-                    capsize=3, label=r["label"])
-    ax.set_xlabel("eps (x/255, L-inf)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{results[0]['evaluation']['attack']} robust accuracy on {results[0]['dataset']}")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    threats = list(dict.fromkeys(t for r in results for t in r["summary"]["worst"]))
+    fig, axes = plt.subplots(1, len(threats), figsize=(6 * len(threats), 4.2), dpi=120, squeeze=False)
+    for ax, threat in zip(axes[0], threats):
+        scale = 255 if threat == "Linf" else 1
+        for r in results:
+            per_eps = r["summary"]["worst"].get(threat)
+            if not per_eps:
+                continue
+            keys = sorted(per_eps, key=lambda e: parse_eps(e, threat))
+            xs = [0.0] + [parse_eps(e, threat) * scale for e in keys]
+            stats = [r["summary"]["clean"]] + [per_eps[e] for e in keys]
+            ax.errorbar(xs, [s["mean"] for s in stats], yerr=[s["std"] for s in stats], marker="o",
+                        capsize=3, label=_row_name(r) if len({x["backbone"] for x in results}) > 1 else r["label"])
+        names = sorted({a["attack"] for r in results for a in r["evaluation"]["attacks"] if a["threat_model"] == threat})
+        ax.set_xlabel("eps (x/255)" if threat == "Linf" else "eps (L2 radius, [0, 1] pixels)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{threat}, worst case of {', '.join(names)}", fontsize=9)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Robust accuracy on {results[0]['dataset']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -89,16 +155,25 @@ def write_report(out: str | Path, results: list[dict], config: dict, *, title: s
     })
     plot_robust_vs_eps(results, out / "robust_vs_eps.png")
     ev = results[0]["evaluation"]
-    attack_desc = f"{ev['attack']} {ev['attack_params']}".strip()
+    plans = "; ".join(dict.fromkeys(
+        ", ".join(f"`{a['attack']}`" + (f" {a['params']}" if a.get("params") else "") for a in r["evaluation"]["attacks"])
+        + (f" (suite `{r['evaluation']['suite']}`)" if r["evaluation"].get("suite") else "")
+        + (", cascaded" if r["evaluation"].get("cascade") else ", each on all points")
+        for r in results))
     lines = [
         f"# {title}",
         "",
-        f"Dataset {results[0]['dataset']}, {ev['n_test']} test points; {ev['seeds']} fresh "
-        f"`{ev['backbone']}` models per set, {ev['epochs']} epochs (DC protocol). Mean ± std (ddof 0) "
-        f"in %. Robust accuracy: `{attack_desc}`, eps in [0, 1] pixel units, model in eval mode; a "
-        f"point counts only if it is correct both clean and attacked.",
+        f"Dataset {results[0]['dataset']}, {ev['n_test']} test points (the first ones, in order); "
+        f"{ev['seeds']} fresh models per set and backbone, {ev['epochs']} epochs (DC protocol). "
+        f"Mean ± std (ddof 0) in %. Attacks: {plans}. eps in [0, 1] pixel units (Linf) or as an L2 "
+        f"radius in the same units, model in eval mode; a point counts as robust only if it is correct "
+        f"both clean and attacked. The headline columns are the worst case: correct under every attack "
+        f"at that eps. Cascaded: each attack ran only on the points the ones before it did not break, so "
+        f"its robust accuracy below is cumulative; its success rate is the share of the points it ran on "
+        f"that it broke. I-RR (ROME), RR and CREI (BEARD) pool every attack and eps of the row; see "
+        f"`rdd_plugins/evaluation/metrics.py` for the definitions.",
         "",
-        markdown_table(results),
+        markdown_tables(results),
         "",
         "![robust accuracy vs eps](robust_vs_eps.png)",
         "",
@@ -109,4 +184,3 @@ def write_report(out: str | Path, results: list[dict], config: dict, *, title: s
         lines += [extra_md, ""]
     atomic_write_text(out / "report.md", "\n".join(lines))
     return out
-

@@ -25,10 +25,28 @@ def clean_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     return predict(model, images, batch_size) == labels
 
 
+def check_budget(x: torch.Tensor, x_adv: torch.Tensor, eps: float, threat_model: str, desc: str) -> None:
+    """An attack that leaves [0, 1] or its eps ball is a bug in the attack: stop, naming it."""
+    if float(x_adv.min()) < 0.0 or float(x_adv.max()) > 1.0:
+        raise RddError(f"attack {desc!r} returned images outside [0, 1]")
+    delta = (x_adv - x).flatten(1)
+    if threat_model == "L2":
+        size = float(delta.norm(dim=1).max()) if delta.numel() else 0.0
+        allowed = eps * (1 + 1e-4) + 1e-6
+    else:
+        size = float(delta.abs().max()) if delta.numel() else 0.0
+        allowed = eps + 1e-6  # float32 rounding of x + eps
+    if size > allowed:
+        raise RddError(f"attack {desc!r} left its {threat_model} ball: perturbation {size:.6g} > eps {eps:.6g}")
+
+
 def robust_correct(model: nn.Module, attack: Callable, images: torch.Tensor, labels: torch.Tensor,
                    correct: torch.Tensor, batch_size: int = 500, progress: bool = True,
-                   desc: str = "attack") -> torch.Tensor:
-    """Boolean mask: clean-correct points that the model still classifies right after ``attack``."""
+                   desc: str = "attack", eps: float | None = None, threat_model: str = "Linf") -> torch.Tensor:
+    """Boolean mask: points of ``correct`` that the model still classifies right after ``attack``.
+
+    With ``eps``, every adversarial batch is checked to lie within the ``threat_model`` ball.
+    """
     model.eval()  # attacks must see the deployed model (no dropout, frozen BN statistics)
     out = torch.zeros_like(correct)
     idx = torch.nonzero(correct).flatten()
@@ -38,8 +56,12 @@ def robust_correct(model: nn.Module, attack: Callable, images: torch.Tensor, lab
         x_adv = attack(x, y)
         if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
             raise RddError(f"attack {desc!r} returned a batch of another shape than its input")
-        if float(x_adv.min()) < 0.0 or float(x_adv.max()) > 1.0:
-            raise RddError(f"attack {desc!r} returned images outside [0, 1]")
-        out[sel] = predict(model, x_adv.detach(), batch_size) == y
+        x_adv = x_adv.detach()
+        if eps is None:
+            if float(x_adv.min()) < 0.0 or float(x_adv.max()) > 1.0:
+                raise RddError(f"attack {desc!r} returned images outside [0, 1]")
+        else:
+            check_budget(x, x_adv, eps, threat_model, desc)
+        out[sel] = predict(model, x_adv, batch_size) == y
     model.eval()
     return out

@@ -1,0 +1,261 @@
+"""RobustBench's evaluation protocol for our models: ``rdd benchmark``.
+
+* CIFAR-10 / CIFAR-100: :func:`run_robustbench` calls RobustBench's own
+  ``robustbench.eval.benchmark`` (AutoAttack ``version='standard'`` on the first ``n_examples``
+  test images, in order), so the numbers are produced by the leaderboard's code path.
+* Other datasets (Fashion-MNIST): :func:`run_autoattack_direct` runs the same protocol by hand: the
+  caller passes the first n test points in order; AutoAttack standard comes from the same
+  ``autoattack`` module ``benchmark`` uses (our adapter over ``pyautoattack``).
+* :func:`model_info` writes an entry in RobustBench's ``model_info/<dataset>/<threat>/<name>.json``
+  format.
+
+RobustBench and torch are imported inside the functions, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+from pathlib import Path
+
+from rdd_plugins.errors import RddError
+
+ROBUSTBENCH_FIX = "pip install --force-reinstall --no-deps robustbench==1.1.1"
+PROTOCOL = "robustbench.eval.benchmark (AutoAttack standard, first n test points in order)"
+
+# The eps of RobustBench's leaderboards, in [0, 1] pixel units. CIFAR-10 has Linf and L2
+# leaderboards, CIFAR-100 a Linf one. Other datasets (no leaderboard, e.g. Fashion-MNIST) get the
+# same radii by default (DEFAULT_EPS), which keeps tables comparable across datasets; pass eps to
+# use another one (MNIST-family papers often use much larger Linf radii such as 0.1 or 0.3).
+LEADERBOARD_EPS = {
+    ("cifar10", "Linf"): 8 / 255,
+    ("cifar10", "L2"): 0.5,
+    ("cifar100", "Linf"): 8 / 255,
+}
+DEFAULT_EPS = {"Linf": 8 / 255, "L2": 0.5}
+ROBUSTBENCH_DATASETS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+THREAT_MODELS = ("Linf", "L2")
+
+
+def default_eps(dataset: str, threat_model: str) -> float:
+    """The leaderboard eps for ``(dataset, threat_model)``, else :data:`DEFAULT_EPS`."""
+    _check_threat_model(threat_model)
+    return LEADERBOARD_EPS.get((dataset, threat_model), DEFAULT_EPS[threat_model])
+
+
+def _check_threat_model(threat_model: str) -> None:
+    if threat_model not in THREAT_MODELS:
+        raise RddError(f"threat model must be one of {', '.join(THREAT_MODELS)}, got {threat_model!r}")
+
+
+def _autoattack_class():
+    """``autoattack.AutoAttack``: our adapter over pyautoattack (integrations/autoattack)."""
+    try:
+        import autoattack
+        import autoattack.state  # robustbench.eval imports it too
+    except ImportError as exc:
+        raise RddError(f"the 'autoattack' module is missing ({exc}); reinstall rdd-plugins "
+                       f"(pip install -e .), which provides it over pyautoattack") from exc
+    return autoattack.AutoAttack
+
+
+def check_robustbench():
+    """Import ``robustbench.eval.benchmark`` (and the ``autoattack`` it needs); return ``benchmark``.
+
+    torchattacks 3.5.1's wheel ships a stale top-level ``robustbench/`` package: installed after
+    robustbench it overwrites robustbench's files and ``benchmark`` disappears. Either problem is
+    one RddError line with the fix.
+    """
+    _autoattack_class()
+    try:
+        with warnings.catch_warnings():
+            # Importing robustbench warns about its own dependencies, nothing a user can act on:
+            # pkg_resources is deprecated (robustbench/loaders.py), timm.models.registry/layers/helpers
+            # are deprecated import paths (robustbench's model zoo), torch.jit.interface (timm).
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            import robustbench.eval as rb_eval
+    except ImportError as exc:
+        raise RddError(f"robustbench is not importable ({exc}); fix: {ROBUSTBENCH_FIX}") from exc
+    benchmark = getattr(rb_eval, "benchmark", None)
+    if not callable(benchmark):
+        raise RddError("robustbench.eval has no benchmark(): torchattacks' stale robustbench copy "
+                       f"overwrote it; fix: {ROBUSTBENCH_FIX}")
+    return benchmark
+
+
+def _accuracy_dict(clean_acc, robust_acc, n, eps, dataset, threat_model, protocol=PROTOCOL) -> dict:
+    return {"clean_acc": float(clean_acc), "autoattack_acc": float(robust_acc), "n_examples": int(n),
+            "eps": float(eps), "dataset": dataset, "threat_model": threat_model, "protocol": protocol}
+
+
+@contextlib.contextmanager
+def _guarded_loader(rb_eval, dataset: str, data_dir: str):
+    """Around ``benchmark``: robustbench's CIFAR loaders use torchvision with ``download=True``,
+    which offline fails deep in urllib (or hangs on a slow network). Check the files first, with
+    ``download=False``, and turn any loader failure into one line saying where the files go."""
+    import robustbench.data as rb_data
+    import torchvision.datasets as tvd
+
+    loader = rb_eval.load_clean_dataset
+    folder = Path(data_dir).expanduser() / ROBUSTBENCH_DATASETS[dataset]
+    where = (f"{dataset} not found or corrupted under {data_dir} (torchvision checks every batch "
+             f"file's md5; robustbench would then try to download it): put torchvision's {dataset} "
+             f"files in {folder}/")
+
+    def guarded(dataset_, n_examples, data_dir_, prepr):
+        if loader is rb_data.load_clean_dataset:  # robustbench's own loader (not a test's stand-in)
+            cls = tvd.CIFAR10 if dataset == "cifar10" else tvd.CIFAR100
+            try:
+                cls(str(data_dir_), train=False, download=False)
+            except RuntimeError as exc:
+                raise RddError(where) from exc
+        try:
+            return loader(dataset_, n_examples, data_dir_, prepr)
+        except RddError:
+            raise
+        except Exception as exc:
+            raise RddError(f"{where} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+
+    rb_eval.load_clean_dataset = guarded
+    try:
+        yield
+    finally:
+        rb_eval.load_clean_dataset = loader
+
+
+def run_robustbench(model, *, dataset: str, threat_model: str, eps: float | None = None,
+                    n_examples: int = 10000, data_dir: str = "./data", device: str = "cpu",
+                    batch_size: int = 500) -> dict:
+    """RobustBench's ``benchmark()`` on ``model`` (images in [0, 1] in, logits out).
+
+    ``eps=None`` takes the leaderboard eps (:data:`LEADERBOARD_EPS`). Returns ``clean_acc`` and
+    ``autoattack_acc`` as fractions in [0, 1], with ``n_examples``, ``eps``, ``dataset``,
+    ``threat_model`` and ``protocol``. robustbench prints its two accuracy lines to stdout; they are
+    sent to stderr here so that stdout stays machine-readable (``--json``).
+    """
+    import torch
+
+    if dataset not in ROBUSTBENCH_DATASETS:
+        raise RddError(f"robustbench benchmarks {', '.join(ROBUSTBENCH_DATASETS)} only, not {dataset!r}; "
+                       f"other datasets use the same protocol through run_autoattack_direct")
+    _check_threat_model(threat_model)
+    if n_examples < 1:
+        raise RddError(f"n_examples must be >= 1, got {n_examples}")
+    eps = default_eps(dataset, threat_model) if eps is None else float(eps)
+    benchmark = check_robustbench()
+    import robustbench.eval as rb_eval
+
+    model = model.eval()
+    with _guarded_loader(rb_eval, dataset, data_dir), contextlib.redirect_stdout(sys.stderr):
+        clean_acc, robust_acc = benchmark(model, n_examples=n_examples, dataset=dataset,
+                                          threat_model=threat_model, eps=eps, data_dir=data_dir,
+                                          device=torch.device(device), batch_size=batch_size)
+    return _accuracy_dict(clean_acc, robust_acc, n_examples, eps, dataset, threat_model)
+
+
+def run_autoattack_direct(model, images, labels, *, threat_model: str, eps: float,
+                          batch_size: int = 500, device: str = "cpu", seed: int | None = 0,
+                          dataset: str = "") -> dict:
+    """RobustBench's protocol for a dataset it does not know: AutoAttack standard on the given
+    points (the caller passes the first n test points, in order).
+
+    Clean accuracy is the model's accuracy on ``images``; robust accuracy counts the points that are
+    classified correctly both clean and after the attack. AutoAttack only attacks clean-correct
+    points and keeps the clean image for a point no attack breaks, so a clean-wrong point stays
+    wrong; the count here does not rely on that: it requires both. ``seed`` makes the attacks'
+    random restarts reproducible (robustbench's ``benchmark`` passes none: time-based).
+    ``dataset`` is only copied into the result.
+    """
+    import torch
+
+    _check_threat_model(threat_model)
+    AutoAttack = _autoattack_class()  # the same AutoAttack benchmark() uses; robustbench itself is not needed
+
+    images = torch.as_tensor(images, dtype=torch.float32)
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    if images.ndim != 4 or labels.shape != images.shape[:1] or len(labels) == 0:
+        raise RddError(f"run_autoattack_direct: expected N images (N,C,H,W) and N labels, got "
+                       f"{tuple(images.shape)} and {tuple(labels.shape)}")
+    if images.min() < 0 or images.max() > 1:
+        raise RddError("run_autoattack_direct: images must be in [0, 1]")
+    dev = torch.device(device)
+    model = model.eval().to(dev)
+
+    def predict(x):
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(x), batch_size):
+                out.append(model(x[start:start + batch_size].to(dev)).argmax(1).cpu())
+        return torch.cat(out)
+
+    clean_correct = predict(images) == labels
+    adversary = AutoAttack(model, norm=threat_model, eps=float(eps), version="standard",
+                           device=dev, seed=seed, verbose=False)
+    with torch.no_grad():
+        num_classes = int(model(images[:1].to(dev)).shape[1])
+    if num_classes < 4:  # APGD-T's targeted DLR loss reads the 4th-largest logit
+        raise RddError(f"AutoAttack standard needs at least 4 classes (its targeted DLR loss); the model has {num_classes}")
+    # Standard AutoAttack targets the 9 runner-up classes (CIFAR-10); with fewer classes, all of them.
+    adversary.apgd_targeted.n_target_classes = min(9, num_classes - 1)
+    adversary.fab.n_target_classes = min(9, num_classes - 1)
+    x_adv = adversary.run_standard_evaluation(images, labels, bs=batch_size).cpu()
+    if threat_model == "Linf":
+        dist = (x_adv - images).abs().flatten(1).amax(1)
+    else:
+        dist = (x_adv - images).flatten(1).norm(dim=1)
+    if (dist > float(eps) + 1e-5).any() or x_adv.min() < 0 or x_adv.max() > 1:
+        raise RddError(f"AutoAttack returned points outside the {threat_model} ball of radius {eps} "
+                       f"or outside [0, 1] (max distance {dist.max().item():.6f})")
+    robust = clean_correct & (predict(x_adv) == labels)
+    n = len(labels)
+    return _accuracy_dict(clean_correct.float().mean().item(), robust.float().mean().item(), n, eps,
+                          dataset, threat_model,
+                          protocol="autoattack standard via pyautoattack (robustbench's protocol: "
+                                   "first n test points in order)")
+
+
+def format_eps(eps: float) -> str:
+    """eps as RobustBench writes it: a short decimal stays one (``"0.5"``, ``"0.3"``); otherwise a
+    whole number of grey levels is written as a fraction of 255 (``"8/255"``); else the number."""
+    eps = float(eps)
+    if round(eps, 4) == eps:
+        return f"{eps:g}"
+    levels = eps * 255
+    if abs(levels - round(levels)) < 1e-6:
+        return f"{round(levels)}/255"
+    return f"{eps:g}"
+
+
+def model_info(*, name: str, dataset: str, threat_model: str, eps: float, clean_acc: float,
+               autoattack_acc: float, architecture: str, link: str = "", authors: str = "",
+               venue: str = "rdd-plugins", additional_data: bool = False,
+               number_forward_passes: int = 1, footnote: str = "") -> dict:
+    """A RobustBench ``model_info`` entry: accuracies (fractions in [0, 1]) become percentage strings
+    with two decimals (``"93.25"``), eps ``"8/255"`` or ``"0.5"``. ``reported`` is what we measured:
+    there is no separate paper number. ``threat_model`` is not a key of RobustBench's entries (the
+    file's folder says it: ``model_info/<dataset>/<threat_model>/<name>.json``); it is validated."""
+    _check_threat_model(threat_model)
+    for label, value in (("clean_acc", clean_acc), ("autoattack_acc", autoattack_acc)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise RddError(f"model_info: {label} must be a fraction in [0, 1], got {value}")
+    robust = f"{100 * float(autoattack_acc):.2f}"
+    info = {
+        "link": link,
+        "name": name,
+        "authors": authors,
+        "additional_data": bool(additional_data),
+        "number_forward_passes": int(number_forward_passes),
+        "dataset": dataset,
+        "venue": venue,
+        "architecture": architecture,
+        "eps": format_eps(float(eps)),
+        "clean_acc": f"{100 * float(clean_acc):.2f}",
+        "reported": robust,
+        "autoattack_acc": robust,
+    }
+    if footnote:
+        info["footnote"] = footnote
+    return info

@@ -1,0 +1,113 @@
+"""Attack suites: what an evaluation runs, as data.
+
+A suite names registered attacks (cheapest first) and an eps grid per threat model; the evaluation
+resolves the names when it runs. ``plan_attacks`` turns a suite, or the user's own list of attacks
+and eps, into the ordered work list the evaluation executes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import parse_eps
+from ..errors import RddError
+from ..registry import Registry
+
+THREAT_MODELS = ("Linf", "L2")
+# The grid used when neither the user nor a suite gives one. Linf: DC/GUARD-style small to large;
+# L2: RobustBench's CIFAR-10 leaderboard radius.
+DEFAULT_EPS = {"Linf": ("2/255", "4/255", "8/255", "16/255"), "L2": ("0.5",)}
+
+
+@dataclass(frozen=True)
+class SuiteAttack:
+    attack: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AttackSuite:
+    attacks: tuple[SuiteAttack, ...]
+    eps: dict = field(default_factory=dict)  # threat model -> tuple of eps strings
+    cascade: bool = True
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class PlannedAttack:
+    """One attack at one threat model, with every eps it runs at."""
+
+    attack: str
+    params: dict
+    threat_model: str
+    eps: tuple[str, ...]
+
+
+def threat_model_of(registry: Registry, attack: str) -> str:
+    entry = registry.get("attacks", attack)
+    threat = getattr(entry.factory, "threat_model", "Linf")
+    if threat not in THREAT_MODELS:
+        raise RddError(f"attack {attack!r} (plugin {entry.plugin!r}) declares threat_model {threat!r}; "
+                       f"expected one of {', '.join(THREAT_MODELS)}")
+    return threat
+
+
+def load_suite(registry: Registry, name: str) -> AttackSuite:
+    suite = registry.create("attack_suites", name)
+    if not isinstance(suite, AttackSuite) or not suite.attacks:
+        raise RddError(f"attack suite {name!r} (plugin {registry.get('attack_suites', name).plugin!r}) "
+                       f"did not return an AttackSuite with at least one attack")
+    return suite
+
+
+def _split_params(attack_params: dict, names: list[str]) -> dict[str, dict]:
+    """Per-attack parameters. A table named after an attack holds that attack's parameters; flat
+    keys are allowed only when one attack runs (a flat ``steps`` would be ambiguous otherwise)."""
+    per = {n: dict(attack_params[n]) for n in names if isinstance(attack_params.get(n), dict)}
+    flat = {k: v for k, v in attack_params.items() if k not in per}
+    if flat:
+        if len(names) != 1:
+            raise RddError(f"evaluate.attack_params has flat keys ({', '.join(sorted(flat))}) but "
+                           f"{len(names)} attacks run; give each its own table, e.g. "
+                           f"attack_params.{names[-1]}.{next(iter(flat))}")
+        per[names[0]] = {**per.get(names[0], {}), **flat}
+    return per
+
+
+def plan_attacks(registry: Registry, *, suite: str = "", attacks: list[str] | None = None,
+                 attack_params: dict | None = None, eps: list | None = None,
+                 eps_l2: list | None = None, cascade: str = "auto") -> tuple[list[PlannedAttack], bool]:
+    """(work list, cascade). Attacks named beside a suite run after the suite's; the user's eps
+    lists replace the grid of their threat model."""
+    attack_params = attack_params or {}
+    attacks = list(attacks or [])
+    if suite:
+        chosen = load_suite(registry, suite)
+        specs = [(a.attack, dict(a.params)) for a in chosen.attacks] + [(a, {}) for a in attacks]
+        grid = {t: tuple(chosen.eps.get(t, DEFAULT_EPS[t])) for t in THREAT_MODELS}
+        cascade_on = chosen.cascade
+    else:
+        specs = [(a, {}) for a in attacks or ["pgd"]]
+        grid = dict(DEFAULT_EPS)
+        cascade_on = True
+    if cascade != "auto":
+        cascade_on = cascade == "on"
+    names = [a for a, _ in specs]
+    if len(set(names)) != len(names):
+        raise RddError(f"an attack is listed twice: {', '.join(names)}")
+    if eps:
+        grid["Linf"] = tuple(str(e) for e in eps)
+    if eps_l2:
+        grid["L2"] = tuple(str(e) for e in eps_l2)
+    for threat, values in grid.items():
+        for value in values:
+            parse_eps(value, threat)  # a one-line error for a bad eps before any training
+    unknown = {k for k, v in attack_params.items() if isinstance(v, dict)} - set(names)
+    if unknown:
+        raise RddError(f"evaluate.attack_params has tables for attacks that do not run: {', '.join(sorted(unknown))}")
+    user = _split_params(attack_params, names)
+    plan = []
+    for name, params in specs:
+        threat = threat_model_of(registry, name)
+        plan.append(PlannedAttack(name, {**params, **user.get(name, {})}, threat, grid[threat]))
+    return plan, cascade_on
