@@ -1,12 +1,12 @@
 """How long does robustness evaluation take? The `quick` suite (FGSM, then PGD-20 on the survivors,
-Linf 2/4/8/16/255) on the first 1000 Fashion-MNIST test points for a ConvNet (instance norm; width
-128 as DC, or --width 32 as the quickstart), cascaded vs every attack on every clean-correct point,
-plus clean accuracy, in one run.
+Linf 8/255; --eps 2/255 4/255 8/255 16/255 for a curve) on the first 1000 Fashion-MNIST test points
+for a ConvNet (instance norm; width 128 as DC, or --width 32 as the quickstart), cascaded vs every
+attack on every clean-correct point, plus clean accuracy, in one run.
 
 The model is trained the way evaluation trains it (DC protocol) on a distilled set when --set is
 given, else on a random 10-per-class subset, so its robustness is that of a distilled-set model.
 
-    python benchmarks/bench_attacks.py [--set DIR] [--suite quick] [--n 1000] [--device auto]
+    python benchmarks/bench_attacks.py [--set DIR] [--suite quick] [--eps E ...] [--width 128] [--n 1000]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--set", help="a distilled-set folder (default: a random 10-per-class subset)")
     ap.add_argument("--suite", default="quick")
+    ap.add_argument("--eps", nargs="+", help="Linf eps grid instead of the suite's")
     ap.add_argument("--n", type=int, default=1000, help="first N test points")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--epochs", type=int, default=300)
@@ -54,7 +55,7 @@ def main() -> None:
     t0 = time.perf_counter()
     correct = clean_correct(model, x, y, 1000)
     clean_s = time.perf_counter() - t0
-    plan, _ = plan_attacks(registry, suite=args.suite)
+    plan, _ = plan_attacks(registry, suite=args.suite, eps=args.eps)
     print(f"device {device}, {torch.get_num_threads()} threads; ConvNet-{args.width} trained {args.epochs} epochs on "
           f"{ds.images.shape[0]} images in {train_s:.1f} s; clean {100 * correct.float().mean():.1f}% on "
           f"{x.shape[0]} points in {clean_s:.3f} s")

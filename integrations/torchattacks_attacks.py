@@ -29,11 +29,12 @@ from typing import Any
 import torch
 
 from rdd_plugins.errors import RddError
+from rdd_plugins.evaluation.robust import BUDGET_SLACK
 from rdd_plugins.plugins import hookimpl
 
-# Float32 error allowed when projecting back onto the eps ball. Anything beyond it from a bounded
-# attack is a bug and is left in place for the evaluation's budget check to report.
-_FLOAT_SLACK = 1e-6
+# Float32 error allowed when projecting back onto the eps ball: the evaluation's budget check allows
+# exactly this much. Anything beyond it from a bounded attack is a bug, left for that check to report.
+_FLOAT_SLACK = BUDGET_SLACK
 # The reference AutoAttack (Croce & Hein, 2020) tries the 9 most likely other classes in APGD-T and
 # FAB-T whatever the number of classes; torchattacks would try all of them (99 on CIFAR-100).
 _N_TARGET_CLASSES = 9
@@ -278,8 +279,8 @@ def square(model, eps: float, *, n_queries: int = 5000, n_restarts: int = 1, p_i
         raise RddError(f"square: p_init must be in (0, 1], got {p_init!r}")
     seed = _int_at_least("square", "seed", seed, 0)
     return _Adapter("square", model, eps, "Linf", lambda _: torchattacks.Square(
-        model, norm="Linf", eps=eps, n_queries=n_queries, n_restarts=n_restarts, p_init=p_init, seed=seed),
-        seeded=True)
+        model, norm="Linf", eps=eps, n_queries=n_queries, n_restarts=n_restarts, p_init=p_init, seed=seed,
+        resc_schedule=False), seeded=True)  # the reference Square / AutoAttack schedule (torchattacks: True)
 
 
 def _autoattack(name: str, norm: str, model, eps: float, steps: int, n_queries: int, seed: int) -> _Adapter:
@@ -304,7 +305,7 @@ def _autoattack(name: str, norm: str, model, eps: float, steps: int, n_queries: 
             torchattacks.FAB(model, norm=norm, eps=eps, steps=steps, n_restarts=1, seed=seed,
                              multi_targeted=True, n_classes=n),
             torchattacks.Square(model, norm=norm, eps=eps, n_queries=n_queries, n_restarts=1, p_init=0.8,
-                                seed=seed),
+                                seed=seed, resc_schedule=False),  # as the reference AutoAttack
         ])
 
     # FAB-T is minimum-norm, but it already keeps only points within eps; a bounded check suffices.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import re
 from pathlib import Path
 
-from .config import RunConfig, config_from_dict, merge, resolve, to_toml
+from .config import ATTACK_PLAN_KEYS, RunConfig, config_from_dict, load_toml, merge, resolve, to_toml
 from .errors import RddError
 from .evaluation.pipeline import evaluate_set
 from .evaluation.report import plot_image_grid, write_report
@@ -46,7 +48,14 @@ def evaluation_config(distilled: DistilledSet, config: RunConfig | dict | str | 
                       overrides: dict | None = None) -> RunConfig:
     """The set's own run config (dataset, backbone, seed) with the caller's evaluation settings on top."""
     # A set made elsewhere may carry no config: its dataset name is then the one thing to go by.
-    base = dict(distilled.meta.get("config") or {"data": {"dataset": distilled.dataset.get("name", "")}})
+    base = copy.deepcopy(distilled.meta.get("config") or {"data": {"dataset": distilled.dataset.get("name", "")}})
+    # The attack plan is one unit: a caller who names a suite or attacks gets none of the set's
+    # stored attack settings (its eps grid or pgd steps would leak into the suite otherwise).
+    caller = config.to_dict() if isinstance(config, RunConfig) else config if isinstance(config, dict) else \
+        load_toml(config) if config is not None else {}
+    asked = {**caller.get("evaluate", {}), **(overrides or {}).get("evaluate", {})}
+    if {"suite", "attack"} & set(asked) and isinstance(base.get("evaluate"), dict):
+        base["evaluate"] = {k: v for k, v in base["evaluate"].items() if k not in ATTACK_PLAN_KEYS}
     if isinstance(config, RunConfig):
         base = merge(base, config.to_dict())
     elif isinstance(config, dict):
@@ -88,22 +97,35 @@ def compare(runs: list[str | Path], out: str | Path | None = None, title: str = 
 
     if not runs:
         raise RddError("compare needs at least one run folder or results.json")
-    pairs = [(Path(run), row) for run in runs for row in load_results(run)]
+    pairs = [(_run_name(run), row) for run in runs for row in load_results(run)]
     counts: dict = {}
     for _, row in pairs:
         counts[(row["label"], row["backbone"])] = counts.get((row["label"], row["backbone"]), 0) + 1
-    rows = []
+    rows, seen = [], set()
     for run, row in pairs:
-        if counts[(row["label"], row["backbone"])] > 1:  # the same method from two runs: say which
-            row = {**row, "label": f"{row['label']} ({run.name})"}
+        if counts[(row["label"], row["backbone"])] > 1:  # the same method from several runs: say which
+            label, k = f"{row['label']} ({run})", 2
+            while (label, row["backbone"]) in seen:
+                label, k = f"{row['label']} ({run} #{k})", k + 1
+            row = {**row, "label": label}
+        seen.add((row["label"], row["backbone"]))
         rows.append(row)
     datasets = {r["dataset"] for r in rows}
     if len(datasets) > 1:
         raise RddError(f"the runs evaluate different datasets ({', '.join(sorted(datasets))}); compare one at a time")
     if out is not None:
-        write_report(out, rows, {"compared": [str(r) for r in runs]}, title=title,
-                     extra_json={"compared": [str(r) for r in runs]})
+        write_report(out, rows, {"compared": [str(r) for r in runs]}, title=title)
     return rows
+
+
+def _run_name(run: str | Path) -> str:
+    """A run's name for labels: its folder, skipping the generic results.json / evaluation parts."""
+    path = Path(run)
+    if path.suffix == ".json":
+        path = path.parent if path.name == "results.json" else path.with_suffix("")
+    if path.name == "evaluation":
+        path = path.parent
+    return path.name or str(run)
 
 
 def benchmark(distilled: DistilledSet | str | Path, config: RunConfig | dict | str | Path | None = None, *,
@@ -142,7 +164,10 @@ def benchmark(distilled: DistilledSet | str | Path, config: RunConfig | dict | s
     eps_value = rb.default_eps(dataset, threat_model) if eps is None else parse_eps(eps, threat_model)
     registry = get_registry()
     device = resolve_device(cfg.device)
-    backbone, backbone_params = backbone_specs(cfg)[0]
+    specs = backbone_specs(cfg)
+    if len(specs) != 1:
+        raise RddError(f"benchmark trains one model: give one backbone, not {', '.join(b for b, _ in specs)}")
+    (backbone, backbone_params), = specs
     ecfg = cfg.evaluate
     robustbench_datasets = ("cifar10", "cifar100")
     test = load_test_split(registry, cfg) if dataset not in robustbench_datasets else None
@@ -167,7 +192,8 @@ def benchmark(distilled: DistilledSet | str | Path, config: RunConfig | dict | s
                                           threat_model=threat_model, eps=eps_value, batch_size=batch_size,
                                           device=str(device), seed=cfg.seed, dataset=dataset)
     label = name or f"{distilled.meta.get('distiller', 'set')}+{distilled.meta.get('regularizer', 'none')}" \
-                    f"-ipc{distilled.meta.get('ipc', '?')}-{backbone.replace(':', '-')}"
+                    f"-ipc{distilled.meta.get('ipc', '?')}-{backbone}"
+    label = re.sub(r"[^A-Za-z0-9_.+-]", "-", label)  # a file name: model_info/<label>.json
     info = rb.model_info(name=label, dataset=dataset, threat_model=threat_model, eps=eps_value,
                          clean_acc=result["clean_acc"], autoattack_acc=result["autoattack_acc"],
                          architecture=backbone,

@@ -48,8 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", help="attack name(s), comma-separated, e.g. fgsm,pgd,cw (beside --suite: run after it)")
     p.add_argument("--eps", nargs="+", metavar="EPS", help="Linf eps in pixel units, e.g. 2/255 8/255 0.1")
     p.add_argument("--eps-l2", nargs="+", metavar="EPS", help="L2 radii in pixel units, e.g. 0.5 1.0")
-    p.add_argument("--no-cascade", action="store_true",
-                   help="run every attack on all clean-correct points (per-attack tables), not only on survivors")
+    cascade = p.add_mutually_exclusive_group()
+    cascade.add_argument("--no-cascade", dest="cascade", action="store_const", const="off",
+                         help="run every attack on all clean-correct points (per-attack tables, RR/I-RR/CREI)")
+    cascade.add_argument("--cascade", dest="cascade", action="store_const", const="on",
+                         help="run each attack only on the points the ones before it left (the suites' default)")
     p.add_argument("--backbones", metavar="A,B", help="evaluation backbones, e.g. convnet,timm:resnet18")
     p.add_argument("--seeds", type=int, help="number of fresh models per backbone")
     p.add_argument("--epochs", type=int)
@@ -151,9 +154,8 @@ def cmd_evaluate(args) -> int:
 
     over = _overrides(args, {"suite": "evaluate.suite", "attack": "evaluate.attack", "eps": "evaluate.eps",
                              "eps_l2": "evaluate.eps_l2", "backbones": "evaluate.backbone",
-                             "seeds": "evaluate.seeds", "epochs": "evaluate.epochs", "n_test": "evaluate.n_test"})
-    if args.no_cascade:
-        over.setdefault("evaluate", {})["cascade"] = "off"
+                             "seeds": "evaluate.seeds", "epochs": "evaluate.epochs", "n_test": "evaluate.n_test",
+                             "cascade": "evaluate.cascade"})
     out = args.out or str(Path(args.set_dir) / "evaluation")
     results = evaluate(args.set_dir, args.config, out=out, progress=not args.no_progress, overrides=over)
     _print_rows(results)

@@ -76,6 +76,10 @@ class EvaluateConfig:
     kd_temperature: float = 4.0  # for sets with soft labels (SRe2L): KD at this temperature
 
 
+# The evaluate keys that together say which attacks run at which eps.
+ATTACK_PLAN_KEYS = ("suite", "attack", "attack_params", "eps", "eps_l2", "cascade")
+
+
 @dataclass
 class RunConfig:
     seed: int = 0
@@ -118,7 +122,8 @@ def parse_eps(value: Any, threat_model: str = "Linf") -> float:
     except (ValueError, ZeroDivisionError):
         raise RddError(f"eps {value!r} is not a number or fraction such as 8/255") from None
     if threat_model == "L2":
-        # An L2 radius may exceed 1 (the diagonal of [0, 1]^d is sqrt(d)); 64 already covers 64x64x1.
+        # An L2 radius may exceed 1 (the diagonal of [0, 1]^d is sqrt(d)); 64 is a practical bound
+        # far above any radius in use (RobustBench's CIFAR-10 L2 is 0.5) that still catches typos.
         if not 0.0 <= eps <= 64.0:
             raise RddError(f"L2 eps {value!r} is outside [0, 64]: eps is an L2 radius in [0, 1] pixel units")
     elif not 0.0 <= eps <= 1.0:

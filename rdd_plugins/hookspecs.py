@@ -120,5 +120,6 @@ def rdd_distill_finished(result):
 
 @hookspec
 def rdd_evaluation_finished(report):
-    """Called after a distilled set has been evaluated, with the result dict that goes into
-    results.json (``label``, ``set``, ``evaluation``, ``per_seed``, ``summary``)."""
+    """Called after a distilled set has been evaluated on one backbone (once per backbone of
+    ``evaluate.backbone``), with the row that goes into results.json: ``label``, ``backbone``,
+    ``set``, ``dataset``, ``evaluation`` (the attack plan), ``per_seed`` and ``summary``."""

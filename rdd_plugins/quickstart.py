@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import RunConfig, merge, resolve
 from .distillation.loop import run_distillation
 from .errors import RddError
-from .evaluation.pipeline import evaluate_set, load_test_split
+from .evaluation.pipeline import attack_plan, backbone_specs, evaluate_set, load_test_split
 from .evaluation.report import plot_image_grid, write_report
 from .plugins import get_registry
 from .storage import load_distilled
@@ -81,6 +81,10 @@ def run_quickstart(out: str | Path = "runs/quickstart", overrides: dict | None =
     registry = get_registry()
     configs = method_configs(overrides)
     first = next(iter(configs.values()))
+    for cfg in configs.values():  # a typo in the evaluation settings fails now, not after distilling
+        attack_plan(registry, cfg)
+        for backbone, _ in backbone_specs(cfg):
+            registry.get("backbones", backbone)
     test = load_test_split(registry, first)
     results, grids, timings = [], {}, {}
     for label, cfg in configs.items():

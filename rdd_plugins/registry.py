@@ -68,6 +68,8 @@ class Registry:
         """The entry called ``name``; ``family:variant`` falls back to a family entry ``family:``."""
         table = self._entries[kind]
         if name in table:
+            if name.endswith(":"):
+                raise RddError(f"{name!r} is a family of {kind}: name a member, e.g. {name}NAME")
             return table[name]
         family, sep, variant = name.partition(":")
         if sep and variant and f"{family}:" in table:
@@ -75,25 +77,36 @@ class Registry:
         known = ", ".join(n + ("NAME" if n.endswith(":") else "") for n in sorted(table)) or "(none)"
         raise UnknownNameError(f"unknown {_SINGULAR[kind]} {name!r}; known: {known}")
 
+    def _call_args(self, kind: str, name: str, params: dict) -> tuple[Entry, dict]:
+        entry = self.get(kind, name)
+        if entry.name != name:  # a family member: the family's factory gets the member's name
+            if "variant" in params:
+                raise RddError(f"{name!r} already names the {_SINGULAR[kind]}; drop the 'variant' parameter")
+            params = {"variant": name.partition(":")[2], **params}
+        return entry, params
+
+    def check(self, kind: str, name: str, *args: Any, **params: Any) -> None:
+        """Fail now, in one line, if ``factory(*args, **params)`` would not bind (unknown or missing
+        parameters), so that a typo surfaces before minutes of work instead of after them."""
+        entry, params = self._call_args(kind, name, params)
+        try:
+            signature = inspect.signature(entry.factory)
+        except (TypeError, ValueError):  # some C callables have no signature; let the call decide
+            return
+        try:
+            signature.bind(*args, **params)
+        except TypeError as exc:
+            accepted = [p for p in signature.parameters if p not in ("self", "args", "kwargs")]
+            raise RddError(f"{_SINGULAR[kind]} {name!r} (plugin {entry.plugin!r}): {exc}; it takes "
+                           f"{', '.join(accepted) or 'no parameters'}") from None
+
     def create(self, kind: str, name: str, *args: Any, **params: Any) -> Any:
         """Build a part: ``factory(*args, **params)``; parameters it does not take are a one-line error.
 
         A family entry (registered as ``"timm:"``) is called with ``variant=`` the rest of the name.
         """
-        entry = self.get(kind, name)
-        if entry.name != name:
-            params = {"variant": name.partition(":")[2], **params}
-        try:
-            signature = inspect.signature(entry.factory)
-        except (TypeError, ValueError):  # some C callables have no signature; let the call decide
-            signature = None
-        if signature is not None:
-            try:
-                signature.bind(*args, **params)
-            except TypeError as exc:
-                accepted = [p for p in signature.parameters if p not in ("self", "args", "kwargs")]
-                raise RddError(f"{_SINGULAR[kind]} {name!r} (plugin {entry.plugin!r}): {exc}; it takes "
-                               f"{', '.join(accepted) or 'no parameters'}") from None
+        self.check(kind, name, *args, **params)
+        entry, params = self._call_args(kind, name, params)
         return entry.factory(*args, **params)
 
     def names(self, kind: str) -> list[str]:

@@ -150,7 +150,8 @@ def test_attack_breaks_a_trained_model_at_a_large_eps(name, trained):
     breaks nearly every point, one that does nothing leaves accuracy near 100%."""
     model, x, y = trained
     eps = 3.0 if name in L2_ATTACKS else 0.3
-    params = {**FAST[name], "n_queries": 300} if "n_queries" in FAST[name] else FAST[name]
+    # Square keeps AutoAttack's p-schedule (made for 5000 queries); 1000 queries break this model.
+    params = {**FAST[name], "n_queries": 1000} if "n_queries" in FAST[name] else FAST[name]
     torch.manual_seed(0)
     x_adv = create(name, model, eps, **params)(x, y)
     assert_in_ball(x, x_adv, eps, name)

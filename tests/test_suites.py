@@ -47,6 +47,10 @@ def overshoot(model, eps):
     return lambda x, y: (x + 2 * eps).clamp(0, 1)
 
 
+def not_a_number(model, eps):
+    return lambda x, y: torch.full_like(x, float("nan"))
+
+
 class FakeParts:
     @hookimpl
     def rdd_register_attacks(self, register):
@@ -54,12 +58,14 @@ class FakeParts:
         register("nudge-band", nudge_band, "test attack breaking means in [0.43, 0.47]")
         register("nudge-l2", nudge_l2, "test L2 attack")
         register("overshoot", overshoot, "leaves its eps ball")
+        register("nan", not_a_number, "returns NaN images")
 
     @hookimpl
     def rdd_register_attack_suites(self, register):
         register("pair", lambda: AttackSuite((SuiteAttack("nudge", {"low": 0.45}), SuiteAttack("fgsm")),
                                              {"Linf": ("4/255", "0.1")}), "test suite")
         register("broken", lambda: "not a suite", "returns the wrong type")
+        register("bad-eps", lambda: AttackSuite((SuiteAttack("fgsm"),), {"linf": ("8/255",)}), "unknown threat")
 
     @hookimpl
     def rdd_register_backbones(self, register):
@@ -115,6 +121,10 @@ def test_plan_mixes_a_suite_with_single_attacks_and_eps_lists(fake_parts):
     ({"attacks": ["pgd"], "eps": ["8"]}, "8/255, not 8"),
     ({"suite": "nope"}, "unknown attack suite 'nope'"),
     ({"suite": "broken"}, "did not return an AttackSuite"),
+    ({"suite": "bad-eps"}, "unknown threat models linf"),
+    ({"attacks": ["pgd"], "attack_params": {"stepz": 3}}, "unexpected keyword argument 'stepz'"),
+    ({"attacks": ["fgsm"], "eps_l2": ["0.5"]}, "no L2 attack runs"),
+    ({"attacks": ["fgsm"], "eps": ["8/255", "16/510"]}, "the same Linf eps twice"),
 ])
 def test_bad_attack_plans_are_one_line_errors(fake_parts, kwargs, message):
     with pytest.raises(RddError, match=message):
@@ -142,13 +152,25 @@ def test_cascade_attacks_only_survivors_and_reports_cumulative_accuracy(fake_par
     assert worst["Linf"]["0.1"] == 0.4  # the worst case does not depend on cascading
 
 
-def test_an_attack_leaving_its_eps_ball_stops_the_evaluation(fake_parts):
+@pytest.mark.parametrize("attack, message", [("overshoot", "'t overshoot eps=4/255' left its Linf ball"),
+                                             ("nan", "'t nan eps=4/255' returned non-finite images")])
+def test_an_attack_leaving_its_eps_ball_stops_the_evaluation(fake_parts, attack, message):
     registry = rdd_plugins.get_registry()
     model, (x, y) = MeanThreshold().eval(), five_points()
-    plan, _ = plan_attacks(registry, attacks=["overshoot"], eps=["4/255"])
-    with pytest.raises(RddError, match="'t overshoot eps=4/255' left its Linf ball"):
+    plan, _ = plan_attacks(registry, attacks=[attack], eps=["4/255"])
+    with pytest.raises(RddError, match=message):
         run_attacks(model, registry, plan, True, x, y, torch.ones(5, dtype=torch.bool), seed=0, batch_size=5,
                     progress=False, name="t")
+
+
+def test_nothing_left_to_attack_has_no_success_rate(fake_parts):
+    registry = rdd_plugins.get_registry()
+    model, (x, y) = MeanThreshold().eval(), five_points()
+    plan, _ = plan_attacks(registry, attacks=["nudge", "nudge-band"], eps=["0.3"])  # nudge breaks all
+    per, worst = run_attacks(model, registry, plan, True, x, y, torch.ones(5, dtype=torch.bool), seed=0,
+                             batch_size=5, progress=False, name="t")
+    assert per["nudge"]["0.3"]["success_rate"] == 1.0 and worst["Linf"]["0.3"] == 0.0
+    assert per["nudge-band"]["0.3"]["attacked"] == 0 and per["nudge-band"]["0.3"]["success_rate"] is None
 
 
 def test_robustness_indices_match_the_published_formulas():
@@ -174,11 +196,41 @@ def test_suite_and_several_backbones_in_one_evaluation(fake_parts, make_config, 
         # cascaded: the second attack's cumulative accuracy never exceeds the first's
         assert s["attacks"]["fgsm"]["0.1"]["robust"]["mean"] <= s["attacks"]["nudge"]["0.1"]["robust"]["mean"]
         assert s["worst"]["Linf"]["0.1"] == s["attacks"]["fgsm"]["0.1"]["robust"]
-        assert {"RR", "I-RR", "AE", "CREI"} <= set(s["indices"])
+        assert s["indices"] is None  # cascaded accuracies are not BEARD's per-attack inputs
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "| gm+none | tiny-mlp | 2 |" in report and "suite `pair`" in report
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert saved["schema"] == "rdd-results/2" and len(saved["results"]) == 2
+
+    cfg["evaluate"].update(cascade="off", backbone="convnet", backbone_params={})
+    (row,) = rdd_plugins.evaluate(tmp_path / "set", cfg, progress=False)
+    assert {"RR", "I-RR", "AE", "CREI"} <= set(row["summary"]["indices"])
+    assert row["summary"]["attacks"]["fgsm"]["0.1"]["robust"]["mean"] >= row["summary"]["worst"]["Linf"]["0.1"]["mean"]
+
+
+def test_a_suite_replaces_the_attack_settings_stored_with_the_set(make_config, tmp_path):
+    cfg = make_config()  # stores pgd with flat steps = 3 and eps 2/255, 8/255 in the set's config
+    cfg["evaluate"].update(seeds=1, epochs=3, n_test=20)
+    rdd_plugins.distill(cfg, out=tmp_path / "set", progress=False)
+    (row,) = rdd_plugins.evaluate(tmp_path / "set", overrides={"evaluate": {"suite": "quick"}}, progress=False)
+    assert [(a["attack"], a["params"], a["eps"]) for a in row["evaluation"]["attacks"]] == [
+        ("fgsm", {}, ["8/255"]), ("pgd", {"steps": 20}, ["8/255"])]
+    (row,) = rdd_plugins.evaluate(tmp_path / "set", overrides={"evaluate": {"eps": ["4/255"]}}, progress=False)
+    assert [(a["attack"], a["params"], a["eps"]) for a in row["evaluation"]["attacks"]] == [
+        ("pgd", {"steps": 3}, ["4/255"])]  # without a new plan the set's own attack settings stay
+
+
+def test_backbone_family_and_parameter_tables_are_checked():
+    registry = rdd_plugins.get_registry()
+    with pytest.raises(RddError, match="'timm:' is a family of backbones: name a member"):
+        registry.get("backbones", "timm:")
+    with pytest.raises(RddError, match="drop the 'variant' parameter"):
+        registry.check("backbones", "timm:resnet18", 1, 10, (8, 8), (0.5,), (0.5,), variant="resnet50")
+    from rdd_plugins.config import resolve
+    from rdd_plugins.evaluation.pipeline import backbone_specs
+    cfg = resolve(base={"evaluate": {"backbone_params": {"timm:resnet18": {"drop_rate": 0.1}}}})
+    with pytest.raises(RddError, match="tables for backbones that do not run: timm:resnet18"):
+        backbone_specs(cfg)
 
 
 def test_compare_merges_runs_and_reads_schema_1(make_config, tmp_path):
@@ -196,6 +248,11 @@ def test_compare_merges_runs_and_reads_schema_1(make_config, tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(old))
     rows = rdd_plugins.compare([tmp_path / "a", tmp_path / "old.json"], out=tmp_path / "cmp")
     assert [r["label"] for r in rows] == ["gm+none", "old-gm"]
+    twice = rdd_plugins.compare([tmp_path / "a" / "evaluation", tmp_path / "a" / "evaluation" / "results.json"])
+    assert [r["label"] for r in twice] == ["gm+none (a)", "gm+none (a #2)"]  # named after the set folder
+    (tmp_path / "future.json").write_text(json.dumps({"schema": "rdd-results/9", "results": []}))
+    with pytest.raises(RddError, match="schema 'rdd-results/9'"):
+        rdd_plugins.compare([tmp_path / "future.json"])
     assert rows[1]["summary"]["worst"]["Linf"]["8/255"]["mean"] == 20.0
     report = (tmp_path / "cmp" / "report.md").read_text()
     assert "| old-gm | convnet | 2 |" in report and "| gm+none | convnet | 2 |" in report

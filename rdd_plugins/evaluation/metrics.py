@@ -13,16 +13,18 @@ Definitions (our implementation, written from the papers' formulas):
       CREI = alpha * RR + (1 - alpha) * AE,  alpha = 0.5          (Comprehensive Robustness-Efficiency Index)
 
   where T_clean is the clean inference time, T_adv the mean and T_max the largest attack time.
-  RR is 0 when ACC equals ACC_min (BEARD's convention for the degenerate case); AE likewise.
+  RR is 0 when ACC equals ACC_min (BEARD's convention for the degenerate case); AE likewise. The
+  accuracies under attack are each attack's own (not cascaded), as BEARD evaluates them.
 * ROME -- Zhou et al., "ROME is Forged in Adversity: Robust Distilled Datasets via Information
   Bottleneck", ICML 2025 (https://openreview.net/forum?id=agtwOsnLUB). Improved Robustness Ratio,
   which does not jump to 0 or 1 when the attacks are about equally strong:
 
       I-RR = 1 - (ACC - ACC_adv) * (ACC - ACC_min) / ACC^2
 
-  ROME's later variant subtracts a penalty for attacks that *raise* accuracy; under our protocol
-  an attacked point counts only if it was correct clean, so accuracy under attack never exceeds
-  clean accuracy and the penalty is always 0.
+  When ACC equals ACC_min, I-RR is 1 (no attack costs accuracy); BEARD's code returns 0 there for
+  both indices. ROME's later variant subtracts a penalty for attacks that *raise* accuracy; for one
+  evaluation under our protocol it is 0 (a point counts as robust only if it was correct clean), so
+  it is left out; pooled over several IPCs an attacked accuracy can exceed the mean clean one.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ def summarize(values: list[float]) -> dict:
     return {"mean": round(float(arr.mean()), 3), "std": round(float(arr.std()), 3), "n": len(values)}
 
 
-def success_rate(attacked: int, fooled: int) -> float:
-    """Attack success rate: the fraction of the points an attack ran on that it broke."""
-    return fooled / attacked if attacked else 0.0
+def success_rate(attacked: int, fooled: int) -> float | None:
+    """Attack success rate: the fraction of the points an attack ran on that it broke (None when it
+    ran on none: every point was wrong clean or broken before it)."""
+    return fooled / attacked if attacked else None
 
 
 def robustness_indices(clean: list[float], attacked: list[float], clean_seconds: list[float] | None = None,

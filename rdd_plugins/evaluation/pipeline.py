@@ -60,6 +60,9 @@ def backbone_specs(config: RunConfig) -> list[tuple[str, dict]]:
         raise RddError(f"a backbone is listed twice: {ecfg.backbone}")
     per = {n: v for n, v in ecfg.backbone_params.items() if n in names and isinstance(v, dict)}
     flat = {k: v for k, v in ecfg.backbone_params.items() if k not in per}
+    stray = [k for k, v in flat.items() if isinstance(v, dict) and (":" in k or len(names) > 1)]
+    if stray:
+        raise RddError(f"evaluate.backbone_params has tables for backbones that do not run: {', '.join(stray)}")
     if flat and len(names) > 1:
         raise RddError(f"evaluate.backbone_params has flat keys ({', '.join(sorted(flat))}) but "
                        f"{len(names)} backbones run; give each its own table")
@@ -68,6 +71,14 @@ def backbone_specs(config: RunConfig) -> list[tuple[str, dict]]:
         base = dict(config.backbone.params) if name == config.backbone.name else {}
         specs.append((name, {**base, **flat, **per.get(name, {})}))
     return specs
+
+
+def attack_plan(registry: Registry, config: RunConfig) -> tuple[list[PlannedAttack], bool]:
+    """The evaluate section's attack plan (suite, attacks, parameters, eps grids, cascade)."""
+    ecfg = config.evaluate
+    attacks = [a.strip() for a in ecfg.attack.split(",") if a.strip()]
+    return plan_attacks(registry, suite=ecfg.suite, attacks=attacks, attack_params=ecfg.attack_params,
+                        eps=ecfg.eps, eps_l2=ecfg.eps_l2, cascade=ecfg.cascade)
 
 
 def run_attacks(model, registry: Registry, plan: list[PlannedAttack], cascade: bool, x: torch.Tensor,
@@ -108,7 +119,7 @@ def run_attacks(model, registry: Registry, plan: list[PlannedAttack], cascade: b
                 per_attack[a.attack][text] = {
                     # cascade: survived is a subset of the points alive before, so this is cumulative
                     "robust": float(survived.sum()) / n,
-                    "success_rate": success_rate(attacked, fooled),
+                    "success_rate": success_rate(attacked, fooled),  # None when nothing was left to attack
                     "attacked": attacked, "fooled": fooled, "seconds": round(seconds, 3),
                 }
             if not cascade:
@@ -118,26 +129,36 @@ def run_attacks(model, registry: Registry, plan: list[PlannedAttack], cascade: b
     return per_attack, worst
 
 
-def _summary(per_seed: list[dict], plan: list[PlannedAttack]) -> dict:
+def _rates(per_seed: list[dict], attack: str, eps: str) -> dict | None:
+    rates = [r["attacks"][attack][eps]["success_rate"] for r in per_seed]
+    rates = [v for v in rates if v is not None]
+    return summarize(rates) if rates else None
+
+
+def _summary(per_seed: list[dict], plan: list[PlannedAttack], cascade: bool) -> dict:
     summary = {
         "clean": summarize([r["clean"] for r in per_seed]),
         "attacks": {
             a.attack: {
                 e: {"robust": summarize([r["attacks"][a.attack][e]["robust"] for r in per_seed]),
-                    "success_rate": summarize([r["attacks"][a.attack][e]["success_rate"] for r in per_seed])}
+                    "success_rate": _rates(per_seed, a.attack, e)}
                 for e in a.eps
             }
             for a in plan
         },
         "worst": {t: {e: summarize([r["worst"][t][e] for r in per_seed]) for e in eps}
                   for t, eps in per_seed[0]["worst"].items()},
+        # BEARD's and ROME's indices take each attack's accuracy on its own; cascaded accuracies are
+        # cumulative and depend on the order, so the indices exist only for runs without cascade.
+        "indices": None,
     }
-    # Indices over every (attack, eps) accuracy of this set, from the means over models (BEARD's input).
-    attacked = [summary["attacks"][a.attack][e]["robust"]["mean"] / 100 for a in plan for e in a.eps]
-    times = [sum(r["attacks"][a.attack][e]["seconds"] for r in per_seed) / len(per_seed) for a in plan for e in a.eps]
-    summary["indices"] = robustness_indices(
-        [summary["clean"]["mean"] / 100], attacked,
-        [sum(r["clean_seconds"] for r in per_seed) / len(per_seed)], times)
+    if not cascade:
+        attacked = [summary["attacks"][a.attack][e]["robust"]["mean"] / 100 for a in plan for e in a.eps]
+        times = [sum(r["attacks"][a.attack][e]["seconds"] for r in per_seed) / len(per_seed)
+                 for a in plan for e in a.eps]
+        summary["indices"] = robustness_indices(
+            [summary["clean"]["mean"] / 100], attacked,
+            [sum(r["clean_seconds"] for r in per_seed) / len(per_seed)], times)
     return summary
 
 
@@ -152,9 +173,7 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
     specs = backbone_specs(config)
     for backbone, _ in specs:
         registry.get("backbones", backbone)
-    attacks = [a.strip() for a in ecfg.attack.split(",") if a.strip()]
-    plan, cascade = plan_attacks(registry, suite=ecfg.suite, attacks=attacks, attack_params=ecfg.attack_params,
-                                 eps=ecfg.eps, eps_l2=ecfg.eps_l2, cascade=ecfg.cascade)
+    plan, cascade = attack_plan(registry, config)
     test = test or load_test_split(registry, config)
     check_set_fits(distilled, test)
     x_test, y_test = test.images.to(device), test.labels.to(device)
@@ -206,7 +225,7 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
                 "n_test": int(x_test.shape[0]), "device": str(device),
             },
             "per_seed": per_seed,
-            "summary": _summary(per_seed, plan),
+            "summary": _summary(per_seed, plan, cascade),
         }
         notify("rdd_evaluation_finished", report=row)
         rows.append(row)

@@ -13,6 +13,8 @@ from ..storage import atomic_write_text, write_json
 from ..versions import package_versions
 from .pipeline import RESULTS_SCHEMA
 
+KNOWN_SCHEMAS = ("rdd-results/1", RESULTS_SCHEMA)
+
 
 def _cell(stat: dict | None) -> str:
     return "—" if stat is None else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
@@ -28,11 +30,13 @@ def upgrade_result(row: dict) -> dict:
         return row
     ev = dict(row["evaluation"])
     attack, eps = ev.pop("attack"), ev.pop("eps")
+    # schema 1 attacked every eps on all clean-correct points: not cascaded
     ev.update(attacks=[{"attack": attack, "params": ev.pop("attack_params", {}), "threat_model": "Linf",
-                        "eps": eps}], suite="", cascade=True)
+                        "eps": eps}], suite="", cascade=False)
     summary = {"clean": row["summary"]["clean"],
-               "attacks": {attack: {e: {"robust": row["summary"]["robust"][e]} for e in eps}},
-               "worst": {"Linf": dict(row["summary"]["robust"])}}
+               "attacks": {attack: {e: {"robust": row["summary"]["robust"][e], "success_rate": None}
+                                    for e in eps}},
+               "worst": {"Linf": dict(row["summary"]["robust"])}, "indices": None}
     return {**row, "backbone": ev["backbone"], "evaluation": ev, "summary": summary}
 
 
@@ -44,8 +48,11 @@ def load_results(path: str | Path) -> list[dict]:
         if candidate.is_file():
             try:
                 data = json.loads(candidate.read_text())
+                if data.get("schema") not in KNOWN_SCHEMAS:
+                    raise RddError(f"{candidate} has schema {data.get('schema')!r}; this version reads "
+                                   f"{', '.join(KNOWN_SCHEMAS)}")
                 return [upgrade_result(r) for r in data["results"]]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
                 raise RddError(f"{candidate} is not an rdd results.json ({type(exc).__name__}: {exc})") from None
     raise RddError(f"no results.json in {path} (looked for {', '.join(str(c) for c in candidates)})")
 
@@ -62,15 +69,15 @@ def _worst_columns(results: list[dict]) -> list[tuple[str, str]]:
 def markdown_tables(results: list[dict]) -> str:
     """Headline table (worst case over each row's attacks) and the per-attack table."""
     cols = _worst_columns(results)
-    with_indices = all("indices" in r["summary"] for r in results)
+    with_indices = any(r["summary"].get("indices") for r in results)
     head = ("| set | backbone | IPC | clean | " + " | ".join(f"{t} {e}" for t, e in cols)
             + (" | I-RR | RR | CREI" if with_indices else "") + " |")
     lines = [head, "|---" * (4 + len(cols) + 3 * with_indices) + "|"]
     for r in results:
         worst = r["summary"]["worst"]
         cells = [_cell(worst.get(t, {}).get(e)) for t, e in cols]
-        idx = r["summary"].get("indices", {})
-        extra = [f"{idx.get(k, float('nan')):.1f}" for k in ("I-RR", "RR", "CREI")] if with_indices else []
+        idx = r["summary"].get("indices") or {}
+        extra = [f"{idx[k]:.1f}" if k in idx else "—" for k in ("I-RR", "RR", "CREI")] if with_indices else []
         lines.append(f"| {r['label']} | {r['backbone']} | {r['set'].get('ipc', '?')} | "
                      f"{_cell(r['summary']['clean'])} | " + " | ".join(cells + extra) + " |")
     detail = ["| set | backbone | attack | eps | robust | success rate |", "|---|---|---|---|---|---|"]
@@ -154,23 +161,29 @@ def write_report(out: str | Path, results: list[dict], config: dict, *, title: s
         **(extra_json or {}),
     })
     plot_robust_vs_eps(results, out / "robust_vs_eps.png")
-    ev = results[0]["evaluation"]
     plans = "; ".join(dict.fromkeys(
         ", ".join(f"`{a['attack']}`" + (f" {a['params']}" if a.get("params") else "") for a in r["evaluation"]["attacks"])
         + (f" (suite `{r['evaluation']['suite']}`)" if r["evaluation"].get("suite") else "")
         + (", cascaded" if r["evaluation"].get("cascade") else ", each on all points")
         for r in results))
+
+    def setting(key: str) -> str:  # one value, or every value when the compared rows differ
+        values = list(dict.fromkeys(str(r["evaluation"][key]) for r in results))
+        return values[0] if len(values) == 1 else f"{' / '.join(values)} (rows differ)"
+
     lines = [
         f"# {title}",
         "",
-        f"Dataset {results[0]['dataset']}, {ev['n_test']} test points (the first ones, in order); "
-        f"{ev['seeds']} fresh models per set and backbone, {ev['epochs']} epochs (DC protocol). "
+        f"Dataset {results[0]['dataset']}, {setting('n_test')} test points (the first ones, in order); "
+        f"{setting('seeds')} fresh models per set and backbone, {setting('epochs')} epochs (DC protocol). "
         f"Mean ± std (ddof 0) in %. Attacks: {plans}. eps in [0, 1] pixel units (Linf) or as an L2 "
         f"radius in the same units, model in eval mode; a point counts as robust only if it is correct "
-        f"both clean and attacked. The headline columns are the worst case: correct under every attack "
-        f"at that eps. Cascaded: each attack ran only on the points the ones before it did not break, so "
-        f"its robust accuracy below is cumulative; its success rate is the share of the points it ran on "
-        f"that it broke. I-RR (ROME), RR and CREI (BEARD) pool every attack and eps of the row; see "
+        f"both clean and attacked. The headline columns are the worst case at that eps: correct under "
+        f"every attack at that eps and at every smaller eps of the row's grid (a break inside a small "
+        f"ball is one inside every larger ball). Cascaded: each attack ran only on the points that the "
+        f"attacks before it and the smaller eps left, so its robust accuracy below is cumulative in "
+        f"both; its success rate is the share of the points it ran on that it broke. I-RR (ROME), RR and "
+        f"CREI (BEARD) pool every attack and eps of a row that was not cascaded; see "
         f"`rdd_plugins/evaluation/metrics.py` for the definitions.",
         "",
         markdown_tables(results),

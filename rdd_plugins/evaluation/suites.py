@@ -30,7 +30,6 @@ class AttackSuite:
     attacks: tuple[SuiteAttack, ...]
     eps: dict = field(default_factory=dict)  # threat model -> tuple of eps strings
     cascade: bool = True
-    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,10 +53,23 @@ def threat_model_of(registry: Registry, attack: str) -> str:
 
 def load_suite(registry: Registry, name: str) -> AttackSuite:
     suite = registry.create("attack_suites", name)
+    plugin = registry.get("attack_suites", name).plugin
     if not isinstance(suite, AttackSuite) or not suite.attacks:
-        raise RddError(f"attack suite {name!r} (plugin {registry.get('attack_suites', name).plugin!r}) "
-                       f"did not return an AttackSuite with at least one attack")
+        raise RddError(f"attack suite {name!r} (plugin {plugin!r}) did not return an AttackSuite with "
+                       f"at least one attack")
+    unknown = set(suite.eps) - set(THREAT_MODELS)
+    if unknown:
+        raise RddError(f"attack suite {name!r} (plugin {plugin!r}) has eps for unknown threat models "
+                       f"{', '.join(sorted(unknown))}; use {', '.join(THREAT_MODELS)}")
     return suite
+
+
+def _eps_grid(values, threat: str, where: str) -> tuple[str, ...]:
+    grid = tuple(str(v) for v in values)
+    parsed = [parse_eps(v, threat) for v in grid]  # a one-line error for a bad eps before any training
+    if len(set(parsed)) != len(parsed):
+        raise RddError(f"{where} lists the same {threat} eps twice: {', '.join(grid)}")
+    return grid
 
 
 def _split_params(attack_params: dict, names: list[str]) -> dict[str, dict]:
@@ -95,19 +107,21 @@ def plan_attacks(registry: Registry, *, suite: str = "", attacks: list[str] | No
     names = [a for a, _ in specs]
     if len(set(names)) != len(names):
         raise RddError(f"an attack is listed twice: {', '.join(names)}")
-    if eps:
-        grid["Linf"] = tuple(str(e) for e in eps)
-    if eps_l2:
-        grid["L2"] = tuple(str(e) for e in eps_l2)
-    for threat, values in grid.items():
-        for value in values:
-            parse_eps(value, threat)  # a one-line error for a bad eps before any training
+    threats = {name: threat_model_of(registry, name) for name in names}
+    for threat, given, flag in (("Linf", eps, "eps"), ("L2", eps_l2, "eps_l2")):
+        if given and threat not in threats.values():
+            raise RddError(f"evaluate.{flag} is given but no {threat} attack runs "
+                           f"({', '.join(f'{n} ({t})' for n, t in threats.items())})")
+        if given:
+            grid[threat] = tuple(str(e) for e in given)
+    grid = {t: _eps_grid(v, t, f"the {t} eps grid") for t, v in grid.items()}
     unknown = {k for k, v in attack_params.items() if isinstance(v, dict)} - set(names)
     if unknown:
         raise RddError(f"evaluate.attack_params has tables for attacks that do not run: {', '.join(sorted(unknown))}")
     user = _split_params(attack_params, names)
     plan = []
     for name, params in specs:
-        threat = threat_model_of(registry, name)
-        plan.append(PlannedAttack(name, {**params, **user.get(name, {})}, threat, grid[threat]))
+        params = {**params, **user.get(name, {})}
+        registry.check("attacks", name, None, 0.0, **params)  # a parameter typo fails before training
+        plan.append(PlannedAttack(name, params, threats[name], grid[threats[name]]))
     return plan, cascade_on
