@@ -93,7 +93,7 @@ def evaluate(distilled: DistilledSet | str | Path, config: RunConfig | dict | st
 def compare(runs: list[str | Path], out: str | Path | None = None, title: str = "Comparison") -> list[dict]:
     """Merge the results of several evaluations (folders or results.json files) into one table and
     one plot. Rows keep their labels; a label seen twice gets its run folder's name added."""
-    from .evaluation.report import load_results
+    from .evaluation.report import indices_across_ipcs, load_results
 
     if not runs:
         raise RddError("compare needs at least one run folder or results.json")
@@ -114,7 +114,16 @@ def compare(runs: list[str | Path], out: str | Path | None = None, title: str = 
     if len(datasets) > 1:
         raise RddError(f"the runs evaluate different datasets ({', '.join(sorted(datasets))}); compare one at a time")
     if out is not None:
-        write_report(out, rows, {"compared": [str(r) for r in runs]}, title=title)
+        pooled = indices_across_ipcs(rows)
+        md = ""
+        if pooled:
+            md = "\n".join(["## Across IPCs (BEARD's pooled RRM / AEM / CREIM, ROME's I-RR)", "",
+                             "| set | backbone | IPCs | I-RR | RR | AE | CREI |", "|---|---|---|---|---|---|---|"]
+                            + [f"| {p['distiller']}+{p['regularizer']} | {p['backbone']} | "
+                               f"{', '.join(map(str, p['ipc']))} | {p['I-RR']:.1f} | {p['RR']:.1f} | "
+                               f"{p['AE']:.1f} | {p['CREI']:.1f} |" for p in pooled])
+        write_report(out, rows, {"compared": [str(r) for r in runs]}, title=title, extra_md=md,
+                     extra_json={"across_ipcs": pooled})
     return rows
 
 

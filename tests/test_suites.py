@@ -260,3 +260,24 @@ def test_compare_merges_runs_and_reads_schema_1(make_config, tmp_path):
     assert load_results(tmp_path / "cmp")[0]["label"] == "gm+none"
     with pytest.raises(RddError, match="no results.json"):
         rdd_plugins.compare([tmp_path / "missing"])
+
+
+def test_compare_pools_indices_across_ipcs(make_config, tmp_path):
+    runs = []
+    for ipc in (1, 2):
+        cfg = make_config(ipc=ipc)
+        cfg["evaluate"].update(seeds=1, epochs=5, n_test=40, attack="fgsm,pgd", cascade="off",
+                               attack_params={"pgd": {"steps": 2}}, eps=["4/255", "32/255"])
+        rdd_plugins.distill(cfg, out=tmp_path / f"ipc{ipc}", progress=False)
+        rdd_plugins.evaluate(tmp_path / f"ipc{ipc}", out=tmp_path / f"ipc{ipc}" / "evaluation", progress=False)
+        runs.append(tmp_path / f"ipc{ipc}")
+    rows = rdd_plugins.compare(runs, out=tmp_path / "cmp")
+    (pooled,) = json.loads((tmp_path / "cmp" / "results.json").read_text())["across_ipcs"]
+    assert pooled["ipc"] == [1, 2] and pooled["backbone"] == "convnet"
+    clean = [r["summary"]["clean"]["mean"] / 100 for r in rows]
+    attacked = [s["robust"]["mean"] / 100 for r in rows for per in r["summary"]["attacks"].values()
+                for s in per.values()]
+    assert len(attacked) == 8  # 2 IPCs x 2 attacks x 2 eps
+    expected = robustness_indices(clean, attacked)
+    assert pooled["RR"] == expected["RR"] and pooled["I-RR"] == expected["I-RR"]
+    assert "## Across IPCs" in (tmp_path / "cmp" / "report.md").read_text()

@@ -89,6 +89,39 @@ def markdown_tables(results: list[dict]) -> str:
     return "\n".join(lines + ["", *detail])
 
 
+def indices_across_ipcs(results: list[dict]) -> list[dict]:
+    """BEARD's pooled indices (RRM, AEM, CREIM; ROME's I-RR likewise): per method and backbone with
+    uncascaded results at two or more IPCs, one clean accuracy per IPC and every attack accuracy of
+    every IPC pooled."""
+    from .metrics import robustness_indices
+
+    groups: dict = {}
+    for r in results:
+        if not r["summary"].get("indices"):
+            continue  # cascaded or old rows carry no per-attack accuracies of their own
+        key = (r["set"].get("distiller"), r["set"].get("regularizer"), r["backbone"])
+        groups.setdefault(key, []).append(r)
+    pooled = []
+    for (distiller, regularizer, backbone), rows in groups.items():
+        ipcs = sorted({r["set"].get("ipc") for r in rows}, key=str)
+        if len(ipcs) < 2:
+            continue
+        clean = [r["summary"]["clean"]["mean"] / 100 for r in rows]
+        attacked = [s["robust"]["mean"] / 100 for r in rows for per in r["summary"]["attacks"].values()
+                    for s in per.values()]
+        clean_s = [sum(x["clean_seconds"] for x in r["per_seed"]) / len(r["per_seed"]) for r in rows]
+        attack_s = [x for r in rows for x in _attack_times(r)]
+        pooled.append({"distiller": distiller, "regularizer": regularizer, "backbone": backbone, "ipc": ipcs,
+                       **robustness_indices(clean, attacked, clean_s, attack_s)})
+    return pooled
+
+
+def _attack_times(row: dict) -> list[float]:
+    seeds = row["per_seed"]
+    return [sum(s["attacks"][a][e]["seconds"] for s in seeds) / len(seeds)
+            for a, per in row["summary"]["attacks"].items() for e in per]
+
+
 def plot_robust_vs_eps(results: list[dict], path: Path) -> None:
     """One panel per threat model; one line per (set, backbone): accuracy under the worst case of its
     attacks against eps, with clean accuracy at eps 0 and the std over models as error bars."""
@@ -180,11 +213,14 @@ def write_report(out: str | Path, results: list[dict], config: dict, *, title: s
         f"radius in the same units, model in eval mode; a point counts as robust only if it is correct "
         f"both clean and attacked. The headline columns are the worst case at that eps: correct under "
         f"every attack at that eps and at every smaller eps of the row's grid (a break inside a small "
-        f"ball is one inside every larger ball). Cascaded: each attack ran only on the points that the "
-        f"attacks before it and the smaller eps left, so its robust accuracy below is cumulative in "
-        f"both; its success rate is the share of the points it ran on that it broke. I-RR (ROME), RR and "
-        f"CREI (BEARD) pool every attack and eps of a row that was not cascaded; see "
-        f"`rdd_plugins/evaluation/metrics.py` for the definitions.",
+        f"ball is one inside every larger ball). An attack's success rate is the share of the points "
+        f"it ran on that it broke."
+        + (" Cascaded rows: each attack ran only on the points that the attacks before it and the "
+           "smaller eps left, so its robust accuracy below is cumulative in both."
+           if any(r["evaluation"].get("cascade") for r in results) else "")
+        + (" I-RR (ROME), RR and CREI (BEARD) pool every attack and eps of a row that was not cascaded "
+           "(CREI includes attack wall-clock times, so it depends on the machine); definitions in "
+           "`rdd_plugins/evaluation/metrics.py`." if any(r["summary"].get("indices") for r in results) else ""),
         "",
         markdown_tables(results),
         "",
