@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 from rdd_plugins.errors import RddError
+from rdd_plugins.evaluation.suites import THREAT_MODELS
 
 ROBUSTBENCH_FIX = "pip install --force-reinstall --no-deps robustbench==1.1.1"
 PROTOCOL = "robustbench.eval.benchmark (AutoAttack standard, first n test points in order)"
@@ -35,7 +36,6 @@ LEADERBOARD_EPS = {
 }
 DEFAULT_EPS = {"Linf": 8 / 255, "L2": 0.5}
 ROBUSTBENCH_DATASETS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-THREAT_MODELS = ("Linf", "L2")
 
 
 def default_eps(dataset: str, threat_model: str) -> float:

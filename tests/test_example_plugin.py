@@ -33,6 +33,7 @@ def test_example_parts_are_listed_and_attributed(installed_example):
     registry = rdd_plugins.get_registry()
     assert registry.get("attacks", "random-sign").plugin == "example"
     assert registry.get("backbones", "mlp").plugin == "example"
+    assert registry.get("attack_suites", "random-then-pgd").plugin == "example"
     assert plugins.plugin_failures() == []
 
 
@@ -46,11 +47,12 @@ def test_example_parts_work_by_name_in_the_cli(installed_example, tmp_path):
     subprocess.run([rdd, "distill", "--dataset", "synthetic", "--ipc", "2", "--backbone", "mlp", "--iterations", "2",
                     "--set", "distill.params={batch_real = 8, outer_loop = 2, inner_loop = 1}",
                     "--out", str(tmp_path / "set"), *tiny], check=True, capture_output=True)
-    out = subprocess.run([rdd, "evaluate", str(tmp_path / "set"), "--attack", "random-sign", "--eps", "8/255",
+    out = subprocess.run([rdd, "evaluate", str(tmp_path / "set"), "--suite", "random-then-pgd", "--eps", "8/255",
                           "--set", "evaluate.epochs=5", "--out", str(tmp_path / "eval"), *tiny],
                          check=True, capture_output=True, text=True)
     results = json.loads((tmp_path / "eval" / "results.json").read_text())["results"][0]
-    assert results["evaluation"]["attacks"][0]["attack"] == "random-sign" and results["evaluation"]["backbone"] == "mlp"
+    assert [a["attack"] for a in results["evaluation"]["attacks"]] == ["random-sign", "pgd"]
+    assert results["evaluation"]["backbone"] == "mlp" and list(results["summary"]["worst"]["Linf"]) == ["8/255"]
     assert "clean" in out.stdout
 
 
@@ -61,7 +63,7 @@ def test_json_listing_names_the_example_distribution_and_strict_flag_fails_on_a_
                                        check=True).stdout)
     (example,) = [p for p in listed["plugins"] if p["name"] == "example"]
     assert example["distribution"] == "rdd-example-plugin" and example["version"] == "0.1.0"
-    assert example["hooks"] == ["rdd_register_attacks", "rdd_register_backbones"]
+    assert example["hooks"] == ["rdd_register_attack_suites", "rdd_register_attacks", "rdd_register_backbones"]
 
     broken = installed_example / "rdd_broken-0.1.dist-info"
     broken.mkdir()

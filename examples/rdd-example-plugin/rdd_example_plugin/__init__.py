@@ -1,6 +1,7 @@
 """An outside plugin: ``pip install ./examples/rdd-example-plugin`` and rdd-plugins picks it up.
 
-It adds the attack ``random-sign`` and the backbone ``mlp`` through the public hooks only.
+It adds the attack ``random-sign``, the attack suite ``random-then-pgd`` (its own attack first, then
+rdd-plugins' ``pgd`` on the points it left) and the backbone ``mlp``, through the public hooks only.
 """
 
 import torch
@@ -47,3 +48,13 @@ def rdd_register_attacks(register):
 @hookimpl
 def rdd_register_backbones(register):
     register("mlp", mlp, "two-layer perceptron (example plugin)")
+
+
+@hookimpl
+def rdd_register_attack_suites(register):
+    from rdd_plugins.evaluation.suites import AttackSuite, SuiteAttack
+
+    # A suite may name attacks of other plugins; names are resolved when it runs.
+    register("random-then-pgd", lambda: AttackSuite(
+        (SuiteAttack("random-sign"), SuiteAttack("pgd", {"steps": 5})), {"Linf": ("4/255", "8/255")}),
+        "random-sign, then PGD-5 on the survivors, Linf 4/255 and 8/255 (example plugin)")
