@@ -152,8 +152,8 @@ def benchmark(distilled: DistilledSet | str | Path, config: RunConfig | dict | s
     from rdd_integrations import robustbench_protocol as rb
 
     from .config import parse_eps, resolve_device
-    from .distillation.loop import model_factory
-    from .evaluation.pipeline import backbone_specs, check_set_fits, load_test_split
+    from .distillation.loop import load_split, model_factory
+    from .evaluation.pipeline import backbone_specs, check_set_fits
     from .evaluation.train import train_model
     from .storage import write_json
     from .versions import package_versions
@@ -179,7 +179,10 @@ def benchmark(distilled: DistilledSet | str | Path, config: RunConfig | dict | s
     (backbone, backbone_params), = specs
     ecfg = cfg.evaluate
     robustbench_datasets = ("cifar10", "cifar100")
-    test = load_test_split(registry, cfg) if dataset not in robustbench_datasets else None
+    if dataset in robustbench_datasets:
+        rb.check_robustbench()  # a broken robustbench install fails before the training, not after
+    # the whole test split: the protocol's first n_examples points, whatever evaluate.n_test says
+    test = load_split(registry, cfg, "test") if dataset not in robustbench_datasets else None
     if test is not None:
         check_set_fits(distilled, test)
     # robustbench loads CIFAR's test split itself: the model's shape then comes from the set's meta.
@@ -191,7 +194,6 @@ def benchmark(distilled: DistilledSet | str | Path, config: RunConfig | dict | s
                         batch_size=ecfg.batch_size, progress=progress, desc=f"{backbone} train seed {cfg.seed}",
                         soft_labels=soft, temperature=ecfg.kd_temperature).eval()
     if dataset in robustbench_datasets:
-        rb.check_robustbench()
         result = rb.run_robustbench(model, dataset=dataset, threat_model=threat_model, eps=eps_value,
                                     n_examples=n_examples, data_dir=cfg.data.root or "./data",
                                     device=str(device), batch_size=batch_size)
