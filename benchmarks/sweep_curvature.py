@@ -2,7 +2,7 @@
 per row, plus gm and random for reference. Same seed for every row, so networks, real batches and
 evaluation models are paired across rows and only the regularizer differs.
 
-    python benchmarks/sweep_curvature.py                       # the README's sweep (about 1 hour on 2 cores)
+    python benchmarks/sweep_curvature.py --form difference     # the README's sweep (about 1 hour on 2 cores)
     python benchmarks/sweep_curvature.py --grid 1.0:0.3 2.0:0.3 --iterations 30
 """
 
@@ -25,13 +25,15 @@ def main() -> None:
     ap.add_argument("--grid", nargs="+", default=GRID, metavar="H:LAM")
     ap.add_argument("--iterations", type=int, default=QUICKSTART["distill"]["iterations"])
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--form", default="absolute", choices=["absolute", "difference"],
+                    help="curvature's form (README's 30-iteration table: difference)")
     args = ap.parse_args()
     registry = get_registry()
     rows = [("random", {"distiller": "random", "params": {}})] + [("gm", {"regularizer": "none"})]
     for cell in args.grid:
         h, lam = (float(v) for v in cell.split(":"))
         rows.append((f"curvature h={h:g} lam={lam:g}",
-                     {"regularizer": "curvature", "regularizer_params": {"h": h, "lam": lam}}))
+                     {"regularizer": "curvature", "regularizer_params": {"h": h, "lam": lam, "form": args.form}}))
     base = merge(QUICKSTART, {"device": args.device, "distill": {"iterations": args.iterations}})
     test = load_test_split(registry, resolve(base=base))
     header = None

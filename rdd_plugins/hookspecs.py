@@ -3,10 +3,11 @@
 A plugin is any module or object with functions named like these hooks and marked with
 ``@rdd_plugins.hookimpl``. Registration hooks receive a ``register`` callback::
 
-    register(name: str, factory: Callable, description: str = "") -> None
+    register(name: str, factory: Callable, description: str = "", override: bool = False) -> None
 
 and call it once per part they provide. Built-in parts register through these same hooks.
-Names are global per kind: registering a name that is already taken is an error.
+Names are global per kind: registering a name that is already taken is an error, unless one of
+the two registrations says ``override=True``; that one wins, whichever plugin loads first.
 """
 
 import pluggy

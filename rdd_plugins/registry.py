@@ -27,6 +27,7 @@ class Entry:
     description: str
     plugin: str
     overrides: str = ""  # the plugin whose entry of the same name this one replaced
+    override: bool = False  # registered with override=True: wins over a plain entry in either order
 
 
 class Registry:
@@ -49,20 +50,27 @@ class Registry:
                 f"{_SINGULAR[kind]} {name!r} from plugin {plugin!r} is already registered by plugin "
                 f"{table[name].plugin!r} (pass override=True to replace it)"
             )
-        table[name] = Entry(kind, name, factory, description, plugin, "+" if override else "")
+        table[name] = Entry(kind, name, factory, description, plugin, override=bool(override))
 
     def absorb(self, staged: "Registry") -> None:
-        """Add every entry of ``staged``, or none of them if one name is already taken."""
+        """Add every entry of ``staged``, or none of them if one name is already taken.
+
+        An entry registered with ``override=True`` wins over a plain one whichever plugin loads
+        first (entry points come in no fixed order): a plain entry arriving after it is dropped and
+        recorded as the one it overrides. Two plain entries of one name are an error."""
         entries = [e for table in staged._entries.values() for e in table.values()]
         for e in entries:
-            if e.name in self._entries[e.kind] and not e.overrides:
-                raise RddError(f"{_SINGULAR[e.kind]} {e.name!r} from plugin {e.plugin!r} is already "
-                               f"registered by plugin {self._entries[e.kind][e.name].plugin!r} "
-                               f"(pass override=True to replace it)")
-        for e in entries:
             previous = self._entries[e.kind].get(e.name)
-            # an override that found nothing to replace is a plain registration
-            self._entries[e.kind][e.name] = replace(e, overrides=previous.plugin if previous else "")
+            if previous is not None and not e.override and not previous.override:
+                raise RddError(f"{_SINGULAR[e.kind]} {e.name!r} from plugin {e.plugin!r} is already "
+                               f"registered by plugin {previous.plugin!r} (pass override=True to replace it)")
+        for e in entries:
+            table = self._entries[e.kind]
+            previous = table.get(e.name)
+            if previous is not None and previous.override and not e.override:
+                table[e.name] = replace(previous, overrides=e.plugin)  # the earlier override stays
+            else:
+                table[e.name] = replace(e, overrides=previous.plugin if previous else "")
 
     def get(self, kind: str, name: str) -> Entry:
         """The entry called ``name``; ``family:variant`` falls back to a family entry ``family:``."""

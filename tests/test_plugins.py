@@ -219,3 +219,23 @@ def test_plugin_info_lists_distribution_version_and_hooks():
     assert info["torchattacks"]["distribution"] == "rdd-plugins"
     assert info["torchattacks"]["hooks"] == ["rdd_register_attacks"]
     assert info["torchattacks"]["version"] == rdd_plugins.__version__
+
+
+def test_an_override_wins_whichever_plugin_loads_first():
+    from rdd_plugins.registry import Registry
+
+    def staged(plugin, override):
+        reg = Registry()
+        reg.add("attacks", "pgd", lambda model, eps: plugin, override=override, plugin=plugin)
+        return reg
+
+    for order in (["better", "torchattacks"], ["torchattacks", "better"]):
+        registry = Registry()
+        for plugin in order:
+            registry.absorb(staged(plugin, override=plugin == "better"))
+        entry = registry.get("attacks", "pgd")
+        assert entry.plugin == "better" and entry.overrides == "torchattacks", order
+    registry = Registry()
+    registry.absorb(staged("a", override=False))
+    with pytest.raises(RddError, match="already registered by plugin 'a'"):
+        registry.absorb(staged("b", override=False))
