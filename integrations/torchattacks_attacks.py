@@ -29,12 +29,9 @@ from typing import Any
 import torch
 
 from rdd_plugins.errors import RddError
-from rdd_plugins.evaluation.robust import BUDGET_SLACK
+from rdd_plugins.evaluation.robust import inside_ball, perturbation_size
 from rdd_plugins.plugins import hookimpl
 
-# Float32 error allowed when projecting back onto the eps ball: the evaluation's budget check allows
-# exactly this much. Anything beyond it from a bounded attack is a bug, left for that check to report.
-_FLOAT_SLACK = BUDGET_SLACK
 # The reference AutoAttack (Croce & Hein, 2020) tries the 9 most likely other classes in APGD-T and
 # FAB-T whatever the number of classes; torchattacks would try all of them (99 on CIFAR-100).
 _N_TARGET_CLASSES = 9
@@ -44,13 +41,14 @@ def keep_within_budget(clean: torch.Tensor, adv: torch.Tensor, eps: float, norm:
                        drop_beyond: bool) -> torch.Tensor:
     """``adv`` projected onto the ``norm`` ball of radius ``eps`` around ``clean`` and onto [0, 1].
 
-    Only float overshoot (up to ``_FLOAT_SLACK``) is projected. A sample further out is replaced by
-    its clean image when ``drop_beyond`` (a minimum-norm attack that did not break it within eps),
-    and otherwise returned unchanged, so that the evaluation reports the faulty attack.
+    Only float overshoot, up to the evaluation's own tolerance (``robust.BUDGET_SLACK``), is
+    projected. A sample further out is replaced by its clean image when ``drop_beyond`` (a
+    minimum-norm attack that did not break it within eps), and otherwise returned unchanged, so
+    that the evaluation reports the faulty attack.
     """
     delta = (adv - clean).flatten(1)
-    size = delta.abs().amax(1) if norm == "Linf" else delta.norm(dim=1)
-    beyond = ~(size <= eps * (1 + _FLOAT_SLACK) + _FLOAT_SLACK)  # NaN counts as beyond
+    size = perturbation_size(clean, adv, norm)
+    beyond = ~inside_ball(size, eps)  # NaN counts as beyond
     if norm == "Linf":
         delta = delta.clamp(-eps, eps)
     else:

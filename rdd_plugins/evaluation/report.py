@@ -11,7 +11,7 @@ from ..config import parse_eps
 from ..errors import RddError
 from ..storage import atomic_write_text, write_json
 from ..versions import package_versions
-from .pipeline import RESULTS_SCHEMA
+from .pipeline import RESULTS_SCHEMA, mean_timings
 
 KNOWN_SCHEMAS = ("rdd-results/1", RESULTS_SCHEMA)
 
@@ -109,17 +109,12 @@ def indices_across_ipcs(results: list[dict]) -> list[dict]:
         clean = [r["summary"]["clean"]["mean"] / 100 for r in rows]
         attacked = [s["robust"]["mean"] / 100 for r in rows for per in r["summary"]["attacks"].values()
                     for s in per.values()]
-        clean_s = [sum(x["clean_seconds"] for x in r["per_seed"]) / len(r["per_seed"]) for r in rows]
-        attack_s = [x for r in rows for x in _attack_times(r)]
+        timings = [mean_timings(r["per_seed"]) for r in rows]
+        clean_s = [clean for clean, _ in timings]
+        attack_s = [t for _, times in timings for t in times]
         pooled.append({"distiller": distiller, "regularizer": regularizer, "backbone": backbone, "ipc": ipcs,
                        **robustness_indices(clean, attacked, clean_s, attack_s)})
     return pooled
-
-
-def _attack_times(row: dict) -> list[float]:
-    seeds = row["per_seed"]
-    return [sum(s["attacks"][a][e]["seconds"] for s in seeds) / len(seeds)
-            for a, per in row["summary"]["attacks"].items() for e in per]
 
 
 def plot_robust_vs_eps(results: list[dict], path: Path) -> None:

@@ -30,13 +30,22 @@ def clean_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
 BUDGET_SLACK = 1e-6
 
 
+def perturbation_size(x: torch.Tensor, x_adv: torch.Tensor, threat_model: str) -> torch.Tensor:
+    """Per sample: the ℓ2 norm ("L2") or the largest absolute pixel change ("Linf") of x_adv - x."""
+    delta = (x_adv - x).flatten(1)
+    return delta.norm(dim=1) if threat_model == "L2" else delta.abs().amax(1)
+
+
+def inside_ball(size: torch.Tensor, eps: float) -> torch.Tensor:
+    """``size`` within eps up to float32 slack; NaN is outside (it fails the comparison)."""
+    return size <= eps * (1 + BUDGET_SLACK) + BUDGET_SLACK
+
+
 def within_budget(x: torch.Tensor, x_adv: torch.Tensor, eps: float, threat_model: str) -> torch.Tensor:
     """Per sample: finite, in [0, 1] and inside the ``threat_model`` ball of radius ``eps``."""
-    delta = (x_adv - x).flatten(1)
-    size = delta.norm(dim=1) if threat_model == "L2" else delta.abs().amax(1)
     finite = torch.isfinite(x_adv.flatten(1)).all(1)
     in_box = (x_adv.flatten(1) >= 0).all(1) & (x_adv.flatten(1) <= 1).all(1)
-    return finite & in_box & (size <= eps * (1 + BUDGET_SLACK) + BUDGET_SLACK)  # NaN fails the comparison
+    return finite & in_box & inside_ball(perturbation_size(x, x_adv, threat_model), eps)
 
 
 def check_budget(x: torch.Tensor, x_adv: torch.Tensor, eps: float, threat_model: str, desc: str) -> None:
@@ -45,11 +54,10 @@ def check_budget(x: torch.Tensor, x_adv: torch.Tensor, eps: float, threat_model:
         raise RddError(f"attack {desc!r} returned non-finite images")
     if float(x_adv.min()) < 0.0 or float(x_adv.max()) > 1.0:
         raise RddError(f"attack {desc!r} returned images outside [0, 1]")
-    ok = within_budget(x, x_adv, eps, threat_model)
-    if not ok.all():
-        delta = (x_adv - x).flatten(1)[~ok]
-        size = float((delta.norm(dim=1) if threat_model == "L2" else delta.abs().amax(1)).max())
-        raise RddError(f"attack {desc!r} left its {threat_model} ball: perturbation {size:.6g} > eps {eps:.6g}")
+    size = perturbation_size(x, x_adv, threat_model)
+    if not inside_ball(size, eps).all():
+        raise RddError(f"attack {desc!r} left its {threat_model} ball: perturbation "
+                       f"{float(size.max()):.6g} > eps {eps:.6g}")
 
 
 def robust_correct(model: nn.Module, attack: Callable, images: torch.Tensor, labels: torch.Tensor,

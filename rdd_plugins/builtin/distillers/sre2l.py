@@ -24,7 +24,7 @@ def random_resized_crop(images: torch.Tensor, min_scale: float) -> torch.Tensor:
     batch, resized back with bilinear interpolation, then a horizontal flip with probability 1/2:
     SRe2L's recover augmentation, differentiable with respect to the images. Draws from torch's
     global generator, so a seeded run (and its resume) repeats it."""
-    n, c, h, w = images.shape
+    h, w = images.shape[-2:]
     area = h * w
     for _ in range(10):  # as torchvision's RandomResizedCrop: a few tries, then the whole image
         scale = min_scale + (1 - min_scale) * float(torch.rand(()))
