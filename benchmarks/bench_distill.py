@@ -7,12 +7,17 @@ Rows (all measured in this one run, each in a fresh subprocess so peak memory is
   gm+curvature      GUARD, finite-difference form (one extra forward-backward at x + z)
   gm+cure           exact CURE (double backprop)
   gm+adversarial    PGD-10 on the real batch before its gradient (adversarial training in the loop)
+  dc-code           only with --dc-repo PATH (a clone of VICO-UoE/DatasetCondensation): DC's own
+                    ConvNet (networks.py) and match_loss (utils.py), imported from that clone and
+                    driven as its main.py drives them; the row also reports the matching loss of
+                    DC's code and of ours on the same weights and data, to show they compute the same
 Times are the median of --repeats matching steps (real targets, synthetic gradients, distance,
 backward to the images) after one warm-up; data are random tensors of the setting's shape.
 Peak memory: CUDA max_memory_allocated, or the process's peak RSS on CPU.
 
     python benchmarks/bench_distill.py --setting cpu-quick        # 2 CPU cores: about 2 minutes
     python benchmarks/bench_distill.py --setting dc --device cuda # DC's reference setting on a GPU
+    python benchmarks/bench_distill.py --dc-repo ../DatasetCondensation   # adds DC's own code
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +67,51 @@ def dc_reference_step(net, real_x, real_y, syn, syn_y) -> None:
     loss.backward()
 
 
-def measure(row: str, setting: str, device_name: str, repeats: int) -> dict:
+def dc_code_row(dc_repo: str, net, setting: dict, device, real_x, real_y, syn, syn_y, loss_fn, theta):
+    """DC's ConvNet and match_loss imported from a clone; returns (step, its loss vs ours)."""
+    sys.path.insert(0, dc_repo)
+    try:
+        from networks import ConvNet  # DC's code, from the user's clone
+        from utils import match_loss
+    except ImportError as e:
+        raise SystemExit(f"--dc-repo {dc_repo}: cannot import DC's networks.py/utils.py ({e})")
+    import rdd_plugins
+    from rdd_plugins.distillation.matching import matching_loss
+
+    s = setting
+    dc_net = ConvNet(s["channels"], s["classes"], s["width"], 3, "relu", "instancenorm", "avgpooling",
+                     (s["size"], s["size"])).to(device)
+    # Same weights as ours (same layer order; our Normalize layer holds no parameters), so DC's net on
+    # normalized images is our net on [0, 1] images.
+    with torch.no_grad():
+        for mine, theirs in zip(net.parameters(), dc_net.parameters(), strict=True):
+            theirs.copy_(mine)
+    mean, std = net[0].mean, net[0].std
+    dc_real, dc_syn = (real_x - mean) / std, ((syn - mean) / std).detach().requires_grad_(True)
+    dc_params = list(dc_net.parameters())
+    args = SimpleNamespace(dis_metric="ours", device=device)
+
+    def dc_loss():
+        loss = torch.tensor(0.0).to(device)
+        for c in range(real_x.shape[0]):  # as DC's main.py: one class at a time
+            gw_real = torch.autograd.grad(F.cross_entropy(dc_net(dc_real[c]), real_y[c]), dc_params)
+            gw_real = [g.detach().clone() for g in gw_real]
+            gw_syn = torch.autograd.grad(F.cross_entropy(dc_net(dc_syn[c]), syn_y[c]), dc_params, create_graph=True)
+            loss += match_loss(gw_syn, gw_real, args)
+        return loss
+
+    none = rdd_plugins.get_registry().create("regularizers", "none")
+    ours = matching_loss(none, loss_fn, theta, real_x, real_y, syn, syn_y, False).item()
+    theirs = dc_loss().item()
+
+    def step():
+        dc_syn.grad = None
+        dc_loss().backward()
+
+    return step, {"dc_code_loss": theirs, "our_loss": ours}
+
+
+def measure(row: str, setting: str, device_name: str, repeats: int, dc_repo: str | None = None) -> dict:
     import rdd_plugins
     from rdd_plugins.config import resolve_device
     from rdd_plugins.distillation.matching import make_loss_fn, matching_loss, trainable_params, use_vmap
@@ -78,7 +128,11 @@ def measure(row: str, setting: str, device_name: str, repeats: int) -> dict:
     syn = torch.rand(k, ipc, s["channels"], s["size"], s["size"], device=device, requires_grad=True)
     syn_y = torch.arange(k, device=device).view(k, 1).expand(k, ipc).contiguous()
 
-    if ROWS[row] is None:
+    extra = {}
+    if row == "dc-code":
+        step, extra = dc_code_row(dc_repo, net, s, device, real_x, real_y, syn, syn_y, make_loss_fn(net),
+                                  trainable_params(net))
+    elif ROWS[row] is None:
         def step():
             syn.grad = None
             dc_reference_step(net, real_x, real_y, syn, syn_y)
@@ -108,7 +162,8 @@ def measure(row: str, setting: str, device_name: str, repeats: int) -> dict:
         times.append(time.perf_counter() - t0)
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"row": row, "median_s": statistics.median(times), "peak_mib": peak / 2**20, "device": str(device)}
+    return {"row": row, "median_s": statistics.median(times), "peak_mib": peak / 2**20, "device": str(device),
+            **extra}
 
 
 def main() -> None:
@@ -117,16 +172,24 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--dc-repo", help="a clone of VICO-UoE/DatasetCondensation: adds the dc-code row")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, args.setting, args.device, args.repeats)))
+        print(json.dumps(measure(args.child, args.setting, args.device, args.repeats, args.dc_repo)))
         return
+    rows = list(args.rows)
+    if args.dc_repo:
+        rows.insert(0, "dc-code")
     results = {}
-    for row in args.rows:
-        out = subprocess.run([sys.executable, __file__, "--child", row, "--setting", args.setting,
-                              "--device", args.device, "--repeats", str(args.repeats)],
-                             capture_output=True, text=True, check=True)
+    for row in rows:
+        cmd = [sys.executable, __file__, "--child", row, "--setting", args.setting,
+               "--device", args.device, "--repeats", str(args.repeats)]
+        if args.dc_repo:
+            cmd += ["--dc-repo", args.dc_repo]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"row {row} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
         results[row] = json.loads(out.stdout.strip().splitlines()[-1])
     base = results.get("gm+none", {}).get("median_s")
     ref = results.get("dc-reference", {}).get("median_s")
@@ -138,12 +201,18 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for row, r in results.items():
         ratio = f"{r['median_s'] / base:.2f}" if base else "-"
-        speed = f"{r['median_s'] / base:.2f}x" if base and row == "dc-reference" else ""
+        speed = f"{r['median_s'] / base:.2f}x" if base and row in ("dc-reference", "dc-code") else ""
         print(f"| {row} | {r['median_s']:.3f} | {ratio} | {speed} | {r['peak_mib']:.0f} |")
     if "gm+curvature" in results and "gm+adversarial" in results:
         print(f"adversarial / curvature: {results['gm+adversarial']['median_s'] / results['gm+curvature']['median_s']:.2f}")
     if base and ref:
         print(f"dc-reference / gm+none: {ref / base:.2f}")
+    if "dc-code" in results:
+        r = results["dc-code"]
+        if base:
+            print(f"dc-code / gm+none: {r['median_s'] / base:.2f}")
+        print(f"matching loss on the same weights and data: DC's code {r['dc_code_loss']:.6f}, "
+              f"ours {r['our_loss']:.6f}")
 
 
 if __name__ == "__main__":

@@ -189,10 +189,11 @@ def benchmark(distilled: DistilledSet | str | Path, config: RunConfig | dict | s
     make_model = model_factory(registry, backbone, backbone_params, test or _DatasetShape(distilled), device)
     torch.manual_seed(cfg.seed)
     soft = distilled.soft_labels.to(device) if distilled.soft_labels is not None else None
+    boxes = distilled.crop_boxes.to(device) if distilled.crop_boxes is not None else None
     model = train_model(make_model(), distilled.images.to(device), distilled.labels.to(device),
                         epochs=ecfg.epochs, lr=ecfg.lr, momentum=ecfg.momentum, weight_decay=ecfg.weight_decay,
                         batch_size=ecfg.batch_size, progress=progress, desc=f"{backbone} train seed {cfg.seed}",
-                        soft_labels=soft, temperature=ecfg.kd_temperature).eval()
+                        soft_labels=soft, temperature=ecfg.kd_temperature, crop_boxes=boxes).eval()
     if dataset in robustbench_datasets:
         result = rb.run_robustbench(model, dataset=dataset, threat_model=threat_model, eps=eps_value,
                                     n_examples=n_examples, data_dir=cfg.data.root or "./data",

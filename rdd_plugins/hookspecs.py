@@ -46,7 +46,10 @@ def rdd_register_distillers(register):
     The distillation loop owns iterations, progress and storage; a distiller owns its state through
     ``init(context) -> state``, ``step(state, context) -> dict[str, float]`` (losses to log) and
     ``result(state, context) -> (images, labels)`` or ``(images, labels, soft_labels)`` (teacher
-    logits, N x classes; evaluation then trains with knowledge distillation). A one-shot selector (random subset, herding) sets
+    logits, N x classes; evaluation then trains with knowledge distillation), or
+    ``(images, labels, soft_labels, crop_boxes)`` for per-crop relabelling (logits N x views x
+    classes for the crop views N x views x 5 of :mod:`rdd_plugins.crops`; evaluation trains epoch e
+    on view e mod views). A one-shot selector (random subset, herding) sets
     ``iterations_needed = False`` and does its work in ``init``.
     """
 

@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .crops import check_crop_boxes
 from .data import check_image_batch
 from .errors import RddError
 
@@ -25,7 +26,10 @@ class DistilledSet:
     images: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
     labels: torch.Tensor  # (N,) int64
     meta: dict  # dataset metadata, ipc, distiller, regularizer, backbone, config, seed, versions
-    soft_labels: torch.Tensor | None = None  # (N, classes) teacher logits (SRe2L's relabel), or None
+    # Teacher logits (SRe2L's relabel): (N, classes), one per image, or (N, views, classes), one per
+    # crop view in crop_boxes (N, views, 5) (SRe2L/FKD's per-crop relabelling; rdd_plugins.crops).
+    soft_labels: torch.Tensor | None = None
+    crop_boxes: torch.Tensor | None = None
 
     @property
     def dataset(self) -> dict:
@@ -53,22 +57,39 @@ def write_json(path: Path, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def _check_soft_labels(soft: torch.Tensor, n: int, num_classes: int, what: str) -> None:
-    if soft.dtype != torch.float32 or tuple(soft.shape) != (n, num_classes) or not torch.isfinite(soft).all():
-        raise RddError(f"{what}: soft_labels must be finite float32 of shape ({n}, {num_classes})")
+def _check_soft_labels(soft: torch.Tensor, boxes: torch.Tensor | None, n: int, num_classes: int,
+                       what: str) -> None:
+    if boxes is None:
+        if soft.dtype != torch.float32 or tuple(soft.shape) != (n, num_classes) or not torch.isfinite(soft).all():
+            raise RddError(f"{what}: soft_labels must be finite float32 of shape ({n}, {num_classes})")
+        return
+    problem = check_crop_boxes(boxes)
+    if problem is None and (boxes.dim() != 3 or boxes.shape[0] != n):
+        problem = f"crop_boxes must have shape ({n}, views, 5)"
+    if problem:
+        raise RddError(f"{what}: {problem}")
+    views = boxes.shape[1]
+    if soft.dtype != torch.float32 or tuple(soft.shape) != (n, views, num_classes) or not torch.isfinite(soft).all():
+        raise RddError(f"{what}: soft_labels must be finite float32 of shape ({n}, {views}, {num_classes}), "
+                       f"one per crop view")
 
 
 def save_distilled(folder: str | Path, images: torch.Tensor, labels: torch.Tensor, meta: dict,
-                   soft_labels: torch.Tensor | None = None) -> Path:
+                   soft_labels: torch.Tensor | None = None, crop_boxes: torch.Tensor | None = None) -> Path:
     folder = Path(folder)
     num_classes = len(meta["dataset"]["classes"])
     images = images.detach().float().cpu().contiguous()
     labels = labels.detach().long().cpu().contiguous()
     check_image_batch(images, labels, num_classes, what="distilled set")
     tensors = {"images": images, "labels": labels}
+    if crop_boxes is not None and soft_labels is None:
+        raise RddError("distilled set: crop_boxes without soft_labels (the views' labels)")
     if soft_labels is not None:
         tensors["soft_labels"] = soft_labels.detach().float().cpu().contiguous()
-        _check_soft_labels(tensors["soft_labels"], images.shape[0], num_classes, "distilled set")
+        if crop_boxes is not None:
+            tensors["crop_boxes"] = crop_boxes.detach().float().cpu().contiguous()
+        _check_soft_labels(tensors["soft_labels"], tensors.get("crop_boxes"), images.shape[0], num_classes,
+                           "distilled set")
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".images.")
     os.close(fd)
@@ -102,14 +123,15 @@ def load_distilled(folder: str | Path) -> DistilledSet:
         tensors = load_file(str(images_path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise RddError(f"{images_path}: not a readable safetensors file ({exc})") from None
-    if not {"images", "labels"} <= set(tensors) <= {"images", "labels", "soft_labels"}:
-        raise RddError(f"{images_path}: expected tensors 'images', 'labels' (and optionally 'soft_labels'), "
-                       f"found {sorted(tensors)}")
+    if not {"images", "labels"} <= set(tensors) <= {"images", "labels", "soft_labels", "crop_boxes"} or \
+            ("crop_boxes" in tensors and "soft_labels" not in tensors):
+        raise RddError(f"{images_path}: expected tensors 'images', 'labels' (and optionally 'soft_labels', "
+                       f"with it 'crop_boxes'), found {sorted(tensors)}")
     images, labels = tensors["images"], tensors["labels"]
     check_image_batch(images, labels, len(meta["dataset"]["classes"]), what=str(images_path))
-    soft = tensors.get("soft_labels")
+    soft, boxes = tensors.get("soft_labels"), tensors.get("crop_boxes")
     if soft is not None:
-        _check_soft_labels(soft, images.shape[0], len(meta["dataset"]["classes"]), str(images_path))
+        _check_soft_labels(soft, boxes, images.shape[0], len(meta["dataset"]["classes"]), str(images_path))
     ds = meta["dataset"]
     expected = (ds.get("channels"), *ds.get("image_size", [None, None]))
     if tuple(images.shape[1:]) != tuple(expected):
@@ -117,4 +139,4 @@ def load_distilled(folder: str | Path) -> DistilledSet:
     if "ipc" in meta and images.shape[0] != meta["ipc"] * len(ds["classes"]):
         raise RddError(f"{images_path}: {images.shape[0]} images but meta.json says ipc {meta['ipc']} "
                        f"x {len(ds['classes'])} classes")
-    return DistilledSet(images, labels, meta, soft)
+    return DistilledSet(images, labels, meta, soft, boxes)

@@ -93,12 +93,17 @@ def test_quickstart_runs_end_to_end_on_synthetic(tmp_path):
                "--set", "distill.ipc=2", "--set", "evaluate.n_test=30", "--set", 'evaluate.eps=["4/255"]',
                *TINY, *TINY_EVAL)
     report = (out / "report.md").read_text()
-    for label in ("random", "gm", "gm+curvature"):
+    labels = ["random", "gm", "gm+curvature", "sre2l", "sre2l+curvature"]
+    for label in labels:
         assert f"| {label} |" in report
         assert (out / f"images_{label.replace('+', '_')}.png").stat().st_size > 1000
     assert (out / "robust_vs_eps.png").exists()
     results = json.loads((out / "results.json").read_text())
-    assert [r["label"] for r in results["results"]] == ["random", "gm", "gm+curvature"]
+    assert [r["label"] for r in results["results"]] == labels
+    # SRe2L's teacher gets BatchNorm although the user's backbone table did not ask for it
+    meta = json.loads((out / "sets" / "sre2l_curvature" / "meta.json").read_text())
+    assert meta["config"]["backbone"]["params"] == {"width": 4, "depth": 2, "norm": "batch"}
+    assert meta["config"]["distill"]["regularizer"] == "curvature"
     assert "gm+curvature" in proc.stdout
     # A second run reuses the finished sets instead of distilling again.
     rdd("quickstart", "--out", str(out), "--set", 'data.dataset="synthetic"', "--set", "distill.iterations=1",

@@ -85,7 +85,7 @@ def test_unknown_dsa_transform_is_a_clear_error():
 @pytest.mark.parametrize("regularizer, crop", [("none", 0.0), ("curvature", 0.0), ("none", 0.5)])
 def test_sre2l_recovers_relabels_and_evaluates_with_kd(make_config, tmp_path, regularizer, crop):
     cfg = make_config(distiller="sre2l", regularizer=regularizer, iterations=8,
-                      params={"teacher_epochs": 3, "batch_size": 32, "crop_min_scale": crop},
+                      params={"teacher_epochs": 3, "batch_size": 32, "crop_min_scale": crop, "relabel_crops": 0},
                       regularizer_params={"h": 0.3} if regularizer == "curvature" else {})
     cfg["backbone"]["params"]["norm"] = "batch"
     rdd_plugins.distill(cfg, out=tmp_path, progress=False)
@@ -98,6 +98,27 @@ def test_sre2l_recovers_relabels_and_evaluates_with_kd(make_config, tmp_path, re
     assert losses[-1] < losses[0]
     (result,) = rdd_plugins.evaluate(ds, progress=False)
     assert len(result["per_seed"]) == 2 and 0 <= result["summary"]["clean"]["mean"] <= 100
+
+
+def test_sre2l_per_crop_relabelling_labels_each_view_and_repeats_with_the_seed(make_config, tmp_path):
+    cfg = make_config(distiller="sre2l", iterations=8,
+                      params={"teacher_epochs": 3, "batch_size": 32, "relabel_crops": 3, "relabel_min_scale": 0.5})
+    cfg["backbone"]["params"]["norm"] = "batch"
+    rdd_plugins.distill(cfg, out=tmp_path / "a", progress=False)
+    ds = rdd_plugins.load_distilled(tmp_path / "a")
+    assert ds.soft_labels.shape == (8, 3, 4) and ds.crop_boxes.shape == (8, 3, 5)
+    assert not torch.equal(ds.soft_labels[:, 0], ds.soft_labels[:, 1])  # each view has its own label
+    assert (ds.crop_boxes[..., 2] * ds.crop_boxes[..., 3] >= 0.5 - 1e-6).all()
+    # the recovered images without crops are those of a run without per-crop relabelling
+    plain = dict(cfg, distill={**cfg["distill"], "params": {"teacher_epochs": 3, "batch_size": 32,
+                                                            "relabel_crops": 0}})
+    assert torch.equal(rdd_plugins.distill(plain, progress=False).images, ds.images)
+    again = rdd_plugins.distill(cfg, progress=False)
+    assert torch.equal(again.crop_boxes, ds.crop_boxes) and torch.equal(again.soft_labels, ds.soft_labels)
+    (result,) = rdd_plugins.evaluate(ds, progress=False)
+    assert 0 <= result["summary"]["clean"]["mean"] <= 100
+    with pytest.raises(rdd_plugins.RddError, match="relabel_crops"):
+        rdd_plugins.get_registry().create("distillers", "sre2l", relabel_crops=-1)
 
 
 def test_sre2l_needs_batch_norm(make_config):

@@ -86,3 +86,22 @@ def test_soft_labels_round_trip_and_are_validated(tmp_path):
     assert torch.equal(load_distilled(tmp_path).soft_labels, soft)
     with pytest.raises(RddError, match="soft_labels"):
         save_distilled(tmp_path / "bad", images, labels, META, soft_labels=torch.randn(6, 4))
+
+
+def test_per_crop_soft_labels_round_trip_with_their_boxes_and_are_validated(tmp_path):
+    from rdd_plugins.crops import sample_crop_boxes
+
+    images, labels = torch.rand(6, 1, 4, 4), torch.tensor([0, 0, 1, 1, 2, 2])
+    boxes = sample_crop_boxes(6, 2, 0.5, (4, 4), torch.Generator().manual_seed(0))
+    soft = torch.randn(6, 2, 3)
+    save_distilled(tmp_path, images, labels, META, soft_labels=soft, crop_boxes=boxes)
+    loaded = load_distilled(tmp_path)
+    assert torch.equal(loaded.soft_labels, soft) and torch.equal(loaded.crop_boxes, boxes)
+    with pytest.raises(RddError, match="one per crop view"):
+        save_distilled(tmp_path / "bad", images, labels, META, soft_labels=torch.randn(6, 3), crop_boxes=boxes)
+    with pytest.raises(RddError, match="without soft_labels"):
+        save_distilled(tmp_path / "bad", images, labels, META, crop_boxes=boxes)
+    outside = boxes.clone()
+    outside[0, 0, 0] = 0.9
+    with pytest.raises(RddError, match="inside the image"):
+        save_distilled(tmp_path / "bad", images, labels, META, soft_labels=soft, crop_boxes=outside)

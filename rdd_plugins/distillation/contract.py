@@ -69,4 +69,5 @@ class Distiller(Protocol):
     def step(self, state: dict, context: DistillContext) -> dict[str, float]: ...
 
     def result(self, state: dict, context: DistillContext) -> tuple[torch.Tensor, ...]:
-        """(images, labels) or (images, labels, soft_labels)."""
+        """(images, labels), (images, labels, soft_labels (N, classes)), or with per-crop relabelling
+        (images, labels, soft_labels (N, views, classes), crop_boxes (N, views, 5)): rdd_plugins.crops."""

@@ -121,8 +121,11 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
         # Keep what was distilled so far (the meta says how far it got, and that the images may
         # include part of the next iteration); --resume continues from the last checkpoint.
         interrupted = True
-    images, labels, *soft = distiller.result(state, context)  # a relabelling distiller adds soft labels
-    soft_labels = soft[0].detach().cpu() if soft else None
+    # a relabelling distiller adds soft labels, and with per-crop relabelling the crop boxes
+    images, labels, *relabel = distiller.result(state, context)
+    soft_labels, crop_boxes = (relabel + [None, None])[:2]
+    soft_labels = soft_labels.detach().cpu() if soft_labels is not None else None
+    crop_boxes = crop_boxes.detach().cpu() if crop_boxes is not None else None
     meta = {
         "dataset": train.meta(),
         "ipc": dcfg.ipc,
@@ -139,9 +142,9 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
         "config": resolved,
         "versions": package_versions(),
     }
-    result = DistilledSet(images.detach().cpu(), labels.detach().cpu(), meta, soft_labels)
+    result = DistilledSet(images.detach().cpu(), labels.detach().cpu(), meta, soft_labels, crop_boxes)
     if out_dir:
-        save_distilled(out_dir, result.images, result.labels, meta, soft_labels)
+        save_distilled(out_dir, result.images, result.labels, meta, soft_labels, crop_boxes)
         write_json(out_dir / HISTORY_FILE, {"history": history})
     if interrupted:
         raise KeyboardInterrupt

@@ -186,6 +186,7 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
     x_test, y_test = test.images.to(device), test.labels.to(device)
     images, labels = distilled.images.to(device), distilled.labels.to(device)
     soft = distilled.soft_labels.to(device) if distilled.soft_labels is not None else None
+    boxes = distilled.crop_boxes.to(device) if distilled.crop_boxes is not None else None
     name = label or f"{distilled.meta.get('distiller', '?')}+{distilled.meta.get('regularizer', '?')}"
     ipc = distilled.meta.get("ipc") or int(images.shape[0] // len(test.classes))
 
@@ -203,7 +204,7 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
             model = train_model(make_model(), images, labels, epochs=ecfg.epochs, lr=ecfg.lr,
                                 momentum=ecfg.momentum, weight_decay=ecfg.weight_decay,
                                 batch_size=ecfg.batch_size, progress=progress, desc=f"{tag} train seed {seed}",
-                                soft_labels=soft, temperature=ecfg.kd_temperature)
+                                soft_labels=soft, temperature=ecfg.kd_temperature, crop_boxes=boxes)
             t1 = time.perf_counter()
             correct = clean_correct(model, x_test, y_test, ecfg.eval_batch_size)
             t2 = time.perf_counter()
