@@ -5,8 +5,10 @@ The setting is `sre2l_crop.py`'s (Fashion-MNIST, width-32 BatchNorm ConvNet, tea
 `--iterations` recover steps, no recover crop, sre2l's per-crop relabelling unless
 `--relabel-crops`); evaluation as the quickstart's (`--seeds` models trained with KD on the
 teacher's soft labels, PGD-10 on the first 1000 test points, worst case over the smaller eps).
-Only the teacher's regularizer differs between rows. "distil" is squeeze + recover + relabel
-seconds, "total" adds the evaluation.
+Only the teacher's regularizer differs between rows, and the seed: every row starts from the same
+teacher initialisation and data order, except that `adversarial`'s random PGD starts draw from the
+same generator, so after its first batch its data order, initial images and crop views differ.
+"distil" is squeeze + recover + relabel seconds, "total" adds the evaluation.
 
     python benchmarks/guard_sre2l.py [--iterations 300] [--rows none curvature-0.3 ...]
         [--relabel-crops R --relabel-min-scale S] [--seeds N] [--seed S]

@@ -240,7 +240,7 @@ class _DatasetShape:
 
 
 def quickstart(out: str | Path = "runs/quickstart", overrides: dict | None = None, progress: bool = True) -> dict:
-    """``rdd quickstart`` from Python: random vs gm vs gm+curvature, report in ``out``."""
+    """``rdd quickstart`` from Python: random, gm, gm+curvature, sre2l, sre2l+curvature; report in ``out``."""
     from .quickstart import run_quickstart
 
     return run_quickstart(out, overrides, progress=progress)

@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="model name in the ModelInfo JSON (default: from the set)")
     p.add_argument("--out", metavar="DIR", help="output folder (default DIR/benchmark)")
 
-    p = sub.add_parser("quickstart", help="random vs gm vs gm+curvature on Fashion-MNIST, CPU-sized")
+    p = sub.add_parser("quickstart",
+                       help="random, gm, gm+curvature, sre2l, sre2l+curvature on Fashion-MNIST, CPU-sized")
     _common(p)
     p.add_argument("--out", default="runs/quickstart", metavar="DIR")
     return parser

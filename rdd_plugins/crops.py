@@ -22,8 +22,10 @@ def sample_crop_boxes(n: int, views: int, min_scale: float, image_size: tuple[in
     """(n, views, 5) random-resized-crop boxes: area fraction in [min_scale, 1], aspect ratio in
     [3/4, 4/3] (torchvision's RandomResizedCrop ranges), a horizontal flip with probability 1/2.
 
-    A box that would not fit becomes the whole image (torchvision retries first, then falls back;
-    one draw per box keeps this vectorised and the number of draws fixed).
+    A box that would not fit becomes the whole image: 14 % of the views at min scale 0.08 and 26 % at
+    0.5 on square images (torchvision retries up to 10 times first, so it rarely falls back; one
+    draw per box keeps this vectorised and the number of draws fixed). The measurements in README
+    were made with this sampler.
     Draws only from ``generator`` (CPU), so where and how often it is called leaves the run's
     global random stream, and with it resume, untouched.
     """

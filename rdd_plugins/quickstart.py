@@ -70,9 +70,10 @@ def method_configs(overrides: dict | None = None) -> dict[str, RunConfig]:
         over = copy.deepcopy(overrides or {})
         if method["distill"]["distiller"] != "gm":
             over.get("distill", {}).pop("params", None)
-        user_backbone = over.get("backbone", {}).get("params")
-        if method["distill"]["distiller"] == "sre2l" and user_backbone is not None:
-            user_backbone["norm"] = "batch"  # recover cannot run without BatchNorm, whatever else the user sets
+        user_backbone = over.get("backbone", {})
+        if method["distill"]["distiller"] == "sre2l" and user_backbone.get("params") is not None \
+                and user_backbone.get("name", "convnet") == "convnet":
+            user_backbone["params"]["norm"] = "batch"  # recover needs BatchNorm, whatever else the user sets
         configs[label] = resolve(base=merge(QUICKSTART, method), overrides=over)
     return configs
 

@@ -64,8 +64,8 @@ def _check_soft_labels(soft: torch.Tensor, boxes: torch.Tensor | None, n: int, n
             raise RddError(f"{what}: soft_labels must be finite float32 of shape ({n}, {num_classes})")
         return
     problem = check_crop_boxes(boxes)
-    if problem is None and (boxes.dim() != 3 or boxes.shape[0] != n):
-        problem = f"crop_boxes must have shape ({n}, views, 5)"
+    if problem is None and (boxes.dim() != 3 or boxes.shape[0] != n or boxes.shape[1] < 1):
+        problem = f"crop_boxes must have shape ({n}, views >= 1, 5)"
     if problem:
         raise RddError(f"{what}: {problem}")
     views = boxes.shape[1]

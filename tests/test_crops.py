@@ -69,18 +69,37 @@ class Recorder(nn.Module):
         return self.linear(x.flatten(1))
 
 
-def test_training_shows_view_e_mod_views_at_epoch_e():
+def test_training_shows_view_e_mod_views_at_epoch_e_with_that_views_label(monkeypatch):
     images = torch.rand(4, 1, 4, 4)
     boxes = boxes_of([0, 0, 1, 1, 0], [0, 0, 1, 1, 1]).expand(4, 2, 5).contiguous()  # view 1: mirrored
     soft = torch.randn(4, 2, 2)
+    targets = []
+    kl_div = F.kl_div
+    monkeypatch.setattr(F, "kl_div", lambda inp, target, **kw: targets.append(target.clone()) or kl_div(inp, target, **kw))
     model = Recorder()
     torch.manual_seed(0)
     train_model(model, images, torch.zeros(4, dtype=torch.long), epochs=3, batch_size=4, progress=False,
-                soft_labels=soft, crop_boxes=boxes)
+                soft_labels=soft, crop_boxes=boxes, temperature=2.0)
     torch.manual_seed(0)
     orders = [torch.randperm(4) for _ in range(3)]
-    for epoch, view_images in enumerate([images, images.flip(-1), images]):
+    for epoch, (view, view_images) in enumerate([(0, images), (1, images.flip(-1)), (0, images)]):
         assert torch.allclose(model.seen[epoch], view_images[orders[epoch]], atol=1e-6), epoch
+        assert torch.allclose(targets[epoch], F.softmax(soft[orders[epoch], view] / 2.0, dim=1)), epoch
+
+
+@pytest.mark.parametrize("soft, boxes", [
+    (None, boxes_of([0, 0, 1, 1, 0]).expand(4, 2, 5)),  # views without their labels
+    (torch.randn(4, 2), boxes_of([0, 0, 1, 1, 0]).expand(4, 2, 5)),  # one label per image, with views
+    (torch.randn(4, 3, 2), boxes_of([0, 0, 1, 1, 0]).expand(4, 2, 5)),  # views disagree
+    (torch.randn(4, 2, 2), None),  # labels per view, no views
+    (torch.randn(4, 0, 2), torch.zeros(4, 0, 5)),  # no views at all
+])
+def test_training_rejects_labels_and_views_that_do_not_fit(soft, boxes):
+    from rdd_plugins.errors import RddError
+
+    with pytest.raises(RddError, match="views"):
+        train_model(Recorder(), torch.rand(4, 1, 4, 4), torch.zeros(4, dtype=torch.long), epochs=1,
+                    progress=False, soft_labels=soft, crop_boxes=boxes)
 
 
 def test_identity_views_with_the_image_labels_train_as_per_image_soft_labels():

@@ -69,3 +69,21 @@ def test_a_failing_lifecycle_hook_is_reported_with_its_name_and_the_run_goes_on(
     monkeypatch.setenv("RDD_STRICT_PLUGINS", "1")
     with pytest.raises(rdd_plugins.RddError, match="flaky-logger"):
         rdd_plugins.distill(make_config(iterations=2), progress=False)
+
+
+def test_looking_at_the_images_does_not_change_the_run(make_config):
+    """A plugin calling step.images() runs under a forked RNG: sre2l with recover crops (which draw
+    from torch's generator every step) ends the same whether or not someone looked."""
+    cfg = make_config(distiller="sre2l", iterations=4,
+                      params={"teacher_epochs": 1, "batch_size": 32, "crop_min_scale": 0.5, "relabel_crops": 2})
+    cfg["backbone"]["params"]["norm"] = "batch"
+    unwatched = rdd_plugins.distill(cfg, progress=False)
+    rec = Recorder()
+    plugins.register_plugin(rec, name="recorder")
+    try:
+        watched = rdd_plugins.distill(cfg, progress=False)
+    finally:
+        plugins.unregister_plugin("recorder")
+    assert [s[3] for s in rec.steps] == [(8, 1, 8, 8)] * 4
+    assert torch.equal(watched.images, unwatched.images)
+    assert torch.equal(watched.soft_labels, unwatched.soft_labels)

@@ -31,13 +31,24 @@ def checkpoint_iteration(folder: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize("kill_after", [1, 4])
-def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after):
+# sre2l with recover crops (a random draw every step) and per-crop relabelling (views from a seed
+# kept in the state): the teacher, the draws and the relabelling must all survive the kill.
+SRE2L_ARGS = ["--dataset", "synthetic", "--ipc", "2", "--distiller", "sre2l", "--regularizer", "curvature",
+              "--iterations", "60", "--seed", "5",
+              "--set", 'data.params={num_classes = 3, image_size = 8, per_class = 12}',
+              "--set", 'backbone.params={width = 4, depth = 2, norm = "batch"}',
+              "--set", "distill.params={teacher_epochs = 1, batch_size = 16, crop_min_scale = 0.5, relabel_crops = 3}",
+              "--set", "distill.checkpoint_every=1", "--device", "cpu", "--no-progress"]
+
+
+@pytest.mark.parametrize("args, kill_after, loss", [(ARGS, 1, "match_loss"), (ARGS, 4, "match_loss"),
+                                                    (SRE2L_ARGS, 3, "recover_loss")])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, args, kill_after, loss):
     reference = tmp_path / "reference"
-    subprocess.run([RDD, "distill", *ARGS, "--out", str(reference)], check=True, capture_output=True, timeout=600)
+    subprocess.run([RDD, "distill", *args, "--out", str(reference)], check=True, capture_output=True, timeout=600)
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen([RDD, "distill", *ARGS, "--out", str(run)], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([RDD, "distill", *args, "--out", str(run)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while checkpoint_iteration(run) < kill_after and proc.poll() is None and time.time() < deadline:
@@ -46,16 +57,20 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after):
     proc.wait()
     assert not (run / "meta.json").exists(), "the run finished before it was killed; make it longer"
     reached = checkpoint_iteration(run)
-    assert 1 <= reached < 8
+    iterations = int(args[args.index("--iterations") + 1])
+    assert 1 <= reached < iterations
 
     subprocess.run([RDD, "distill", "--resume", str(run), "--no-progress"], check=True, capture_output=True,
                    timeout=600)
     a, b = rdd_plugins.load_distilled(reference), rdd_plugins.load_distilled(run)
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    for extra in ("soft_labels", "crop_boxes"):
+        x, y = getattr(a, extra), getattr(b, extra)
+        assert (x is None and y is None) or torch.equal(x, y), extra
     history = json.loads((run / "history.json").read_text())["history"]
-    assert [h["iteration"] for h in history] == list(range(8))
-    ref_losses = [h["match_loss"] for h in json.loads((reference / "history.json").read_text())["history"]]
-    assert [h["match_loss"] for h in history] == ref_losses
+    assert [h["iteration"] for h in history] == list(range(iterations))
+    ref_losses = [h[loss] for h in json.loads((reference / "history.json").read_text())["history"]]
+    assert [h[loss] for h in history] == ref_losses
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):

@@ -105,3 +105,19 @@ def test_per_crop_soft_labels_round_trip_with_their_boxes_and_are_validated(tmp_
     outside[0, 0, 0] = 0.9
     with pytest.raises(RddError, match="inside the image"):
         save_distilled(tmp_path / "bad", images, labels, META, soft_labels=soft, crop_boxes=outside)
+
+
+@pytest.mark.parametrize("boxes, soft, message", [
+    (torch.zeros(6, 0, 5), torch.zeros(6, 0, 3), "views >= 1"),
+    (torch.tensor([[[0.5, 0.0, 0.75, 1.0, 0.0]]]).expand(6, 1, 5).contiguous(), torch.zeros(6, 1, 3), "inside"),
+    (torch.tensor([[[0.0, 0.0, 1.0, 1.0, 0.0]]]).expand(6, 1, 5).contiguous(), None, "with it 'crop_boxes'"),
+])
+def test_a_file_with_bad_crop_views_is_a_one_line_error(tmp_path, boxes, soft, message):
+
+    save_distilled(tmp_path, torch.rand(6, 1, 4, 4), torch.tensor([0, 0, 1, 1, 2, 2]), META)
+    tensors = {"images": torch.rand(6, 1, 4, 4), "labels": torch.tensor([0, 0, 1, 1, 2, 2]), "crop_boxes": boxes}
+    if soft is not None:
+        tensors["soft_labels"] = soft
+    save_file(tensors, str(tmp_path / "images.safetensors"))
+    with pytest.raises(RddError, match=message):
+        load_distilled(tmp_path)

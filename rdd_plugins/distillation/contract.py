@@ -70,4 +70,8 @@ class Distiller(Protocol):
 
     def result(self, state: dict, context: DistillContext) -> tuple[torch.Tensor, ...]:
         """(images, labels), (images, labels, soft_labels (N, classes)), or with per-crop relabelling
-        (images, labels, soft_labels (N, views, classes), crop_boxes (N, views, 5)): rdd_plugins.crops."""
+        (images, labels, soft_labels (N, views, classes), crop_boxes (N, views, 5)): rdd_plugins.crops.
+
+        A distiller whose result() is costly (a teacher relabelling) may also define
+        ``preview(state, context) -> (images, labels)``; the loop then uses it to show plugins the
+        images so far."""

@@ -51,6 +51,21 @@ def _non_finite(losses: dict[str, float], state: dict) -> str:
     return ", ".join(bad)
 
 
+def current_images(distiller, state: dict, context: DistillContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fresh copies of the images and labels so far, for a plugin watching the run.
+
+    ``distiller.preview(state, context)`` where it has one (no relabelling: sre2l's result() runs its
+    teacher on every crop view), else the first two tensors of ``result``. Under a forked RNG, so a
+    plugin that looks (or not) never changes the run's random stream, and resume stays exact.
+    """
+    device = context.device
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        show = getattr(distiller, "preview", None)
+        tensors = show(state, context) if show is not None else distiller.result(state, context)[:2]
+        return tuple(t.detach().clone() for t in tensors)
+
+
 def run_distillation(config: RunConfig, registry: Registry, out: str | Path | None = None,
                      progress: bool = True, resume: bool = False) -> DistilledSet:
     """Distil ``config``'s dataset; write the set, its meta and the resolved config to ``out``."""
@@ -113,7 +128,7 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
                 view = DistillStep(iteration=completed, iterations=iterations, losses=dict(losses),
                                    # a fresh copy per call: a plugin that mutates it cannot touch the run
                                    seconds=history[-1]["seconds"], config=config.to_dict(),
-                                   images=lambda: tuple(t.detach().clone() for t in distiller.result(state, context)[:2]))
+                                   images=lambda: current_images(distiller, state, context))
                 if any(r is True for r in notify("rdd_distill_step", step=view)):
                     stopped_early = True
                     break
@@ -123,6 +138,9 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
         interrupted = True
     # a relabelling distiller adds soft labels, and with per-crop relabelling the crop boxes
     images, labels, *relabel = distiller.result(state, context)
+    if len(relabel) > 2:
+        raise RddError(f"{dcfg.distiller}: result() gave {len(relabel) + 2} tensors; expected images, labels"
+                       f"[, soft_labels[, crop_boxes]]")
     soft_labels, crop_boxes = (relabel + [None, None])[:2]
     soft_labels = soft_labels.detach().cpu() if soft_labels is not None else None
     crop_boxes = crop_boxes.detach().cpu() if crop_boxes is not None else None

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..crops import apply_crop_boxes
+from ..errors import RddError
 from ..progress import bar
 
 
@@ -22,6 +23,11 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     soft labels (N, views, classes), epoch e trains on view e mod views of every image, cropped as
     the teacher saw it, against that view's soft label (SRe2L/FKD's per-crop relabelling).
     """
+    if crop_boxes is not None and (soft_labels is None or soft_labels.dim() != 3 or crop_boxes.dim() != 3
+                                   or soft_labels.shape[:2] != crop_boxes.shape[:2] or crop_boxes.shape[1] < 1):
+        raise RddError("crop_boxes (N, views, 5) need soft_labels (N, views, classes) with the same N and views")
+    if crop_boxes is None and soft_labels is not None and soft_labels.dim() != 2:
+        raise RddError("soft_labels with a views axis (N, views, classes) need their crop_boxes")
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     n = images.shape[0]
     model.train()

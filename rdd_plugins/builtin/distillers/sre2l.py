@@ -77,12 +77,13 @@ class SqueezeRecoverRelabel:
             raise RddError("sre2l: teacher_epochs >= 1, teacher_lr > 0, batch_size >= 1, lr_img > 0, r_bn >= 0")
         if not 0.0 <= crop_min_scale <= 1.0:
             raise RddError(f"sre2l: crop_min_scale must be in [0, 1] (0 = no crop), got {crop_min_scale}")
-        if relabel_crops < 0 or not 0.0 < relabel_min_scale <= 1.0:
+        if isinstance(relabel_crops, bool) or not isinstance(relabel_crops, int) or relabel_crops < 0 \
+                or not 0.0 < relabel_min_scale <= 1.0:
             raise RddError(f"sre2l: relabel_crops must be >= 0 (0 = one label per image) and relabel_min_scale "
                            f"in (0, 1], got {relabel_crops} and {relabel_min_scale}")
         self.teacher_epochs, self.teacher_lr, self.batch_size = teacher_epochs, teacher_lr, batch_size
         self.lr_img, self.r_bn, self.crop_min_scale = lr_img, r_bn, crop_min_scale
-        self.relabel_crops, self.relabel_min_scale = int(relabel_crops), float(relabel_min_scale)
+        self.relabel_crops, self.relabel_min_scale = relabel_crops, float(relabel_min_scale)
 
     def _teacher(self, state: dict, context: DistillContext) -> nn.Module:
         net = context.make_model()
@@ -158,18 +159,25 @@ class SqueezeRecoverRelabel:
             state["latent"] = latent.detach() - self.lr_img * m_hat / (v_hat.sqrt() + 1e-8)
         return {"recover_loss": loss.item(), "ce": ce.item()}
 
-    def result(self, state: dict, context: DistillContext):
+    def preview(self, state: dict, context: DistillContext):
+        """The images so far without relabelling them (for plugins watching the run)."""
         mean, std = dataset_stats(context)
-        images = (state["latent"] * std + mean).clamp(0, 1).contiguous()
+        return (state["latent"] * std + mean).clamp(0, 1).contiguous(), state["labels"].clone()
+
+    def result(self, state: dict, context: DistillContext):
+        images, labels = self.preview(state, context)
         teacher = self._teacher(state, context)
         if not self.relabel_crops:
             with torch.no_grad():
                 soft = teacher(images)
-            return images, state["labels"].clone(), soft
+            return images, labels, soft
+        if "relabel_seed" not in state:
+            raise RddError("this sre2l checkpoint was written before per-crop relabelling existed; "
+                           "run it again from the start (rdd distill without --resume)")
         generator = torch.Generator().manual_seed(int(state["relabel_seed"]))
         boxes = sample_crop_boxes(images.shape[0], self.relabel_crops, self.relabel_min_scale,
                                   tuple(images.shape[-2:]), generator).to(images.device)
         with torch.no_grad():
             soft = torch.stack([teacher(apply_crop_boxes(images, boxes[:, v])) for v in range(self.relabel_crops)],
                                dim=1)
-        return images, state["labels"].clone(), soft, boxes
+        return images, labels, soft, boxes
