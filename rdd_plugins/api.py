@@ -78,7 +78,9 @@ def evaluate(distilled: DistilledSet | str | Path, config: RunConfig | dict | st
         distilled = load_distilled(source)
     cfg = evaluation_config(distilled, config, overrides)
     registry = get_registry()
-    results = evaluate_set(distilled, cfg, registry, label=label, progress=progress)
+    # with out, finished seeds are kept there: rerunning an interrupted evaluation continues it
+    seeds_dir = Path(out) / "seeds" if out is not None else None
+    results = evaluate_set(distilled, cfg, registry, label=label, progress=progress, seeds_dir=seeds_dir)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

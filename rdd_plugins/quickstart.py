@@ -110,7 +110,8 @@ def run_quickstart(out: str | Path = "runs/quickstart", overrides: dict | None =
         if distilled is None:
             distilled = run_distillation(cfg, registry, folder, progress=progress)
         t1 = time.perf_counter()
-        rows = evaluate_set(distilled, cfg, registry, test=test, label=label, progress=progress)
+        rows = evaluate_set(distilled, cfg, registry, test=test, label=label, progress=progress,
+                            seeds_dir=out / "seeds" / label.replace("+", "_"))
         t2 = time.perf_counter()
         results.extend(rows)
         timings[label] = {"distill_seconds": round(t1 - t0, 1), "evaluate_seconds": round(t2 - t1, 1),

@@ -107,3 +107,42 @@ def test_evaluate_writes_report_config_and_plots(make_config, tmp_path):
     assert "| gm+none | convnet | 2 |" in report and "Linf 8/255" in report and "| pgd | 8/255 |" in report
     assert result["evaluation"]["seeds"] == 2 and len(result["per_seed"]) == 2
     assert ds.meta["config"]["distill"]["ipc"] == 2
+
+
+def test_an_interrupted_evaluation_continues_from_its_finished_seeds(make_config, tmp_path, monkeypatch):
+    import json
+
+    from rdd_plugins.evaluation import pipeline
+
+    rdd_plugins.distill(make_config(), out=tmp_path / "set", progress=False)
+    seeds_dir = tmp_path / "eval" / "seeds"
+    (full,) = rdd_plugins.evaluate(tmp_path / "set", out=tmp_path / "eval", progress=False)
+    assert sorted(p.name for p in seeds_dir.iterdir()) == ["convnet-seed0.json", "convnet-seed1.json"]
+    expected = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]
+
+    # As if killed while the second model trained: the first seed's file is all that was kept.
+    (seeds_dir / "convnet-seed1.json").unlink()
+    (tmp_path / "eval" / "results.json").unlink()
+    trained = []
+    real_train = pipeline.train_model
+    monkeypatch.setattr(pipeline, "train_model", lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    (again,) = rdd_plugins.evaluate(tmp_path / "set", out=tmp_path / "eval", progress=False)
+    assert len(trained) == 1  # only the missing seed was trained again
+
+    def numbers(tree):  # the results less wall-clock timings, which no two runs share
+        if isinstance(tree, dict):
+            return {k: numbers(v) for k, v in tree.items() if "seconds" not in k}
+        return [numbers(v) for v in tree] if isinstance(tree, list) else tree
+
+    assert numbers(json.loads((tmp_path / "eval" / "results.json").read_text())["results"]) == numbers(expected)
+    assert numbers(again["summary"]) == numbers(full["summary"])
+
+    # Another evaluation config, or another set, never reuses them.
+    rdd_plugins.evaluate(tmp_path / "set", out=tmp_path / "eval", progress=False,
+                         overrides={"evaluate": {"epochs": 3}})
+    assert len(trained) == 3
+    # A damaged file is computed again, not an error.
+    (seeds_dir / "convnet-seed0.json").write_text("{not json")
+    rdd_plugins.evaluate(tmp_path / "set", out=tmp_path / "eval", progress=False,
+                         overrides={"evaluate": {"epochs": 3}})
+    assert len(trained) == 4

@@ -8,6 +8,7 @@ the registry by name.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -20,6 +21,7 @@ from ..registry import Registry
 from ..storage import DistilledSet
 from .metrics import robustness_indices, success_rate, summarize
 from .robust import clean_correct, robust_correct
+from .seed_cache import SeedCache, set_digest
 from .suites import PlannedAttack, plan_attacks
 from .train import train_model
 
@@ -170,10 +172,12 @@ def _summary(per_seed: list[dict], plan: list[PlannedAttack], cascade: bool) -> 
 
 
 def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry, *,
-                 test: ImageData | None = None, label: str = "", progress: bool = True) -> list[dict]:
+                 test: ImageData | None = None, label: str = "", progress: bool = True,
+                 seeds_dir: str | Path | None = None) -> list[dict]:
     """Train ``config.evaluate.seeds`` fresh models per backbone on ``distilled`` and attack each.
 
-    Returns one result per backbone (the rows of results.json).
+    Returns one result per backbone (the rows of results.json). With ``seeds_dir`` every finished
+    (backbone, seed) is kept there and reused by a rerun of the same evaluation (seed_cache.py).
     """
     ecfg = config.evaluate
     device = resolve_device(config.device)
@@ -190,6 +194,8 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
     name = label or f"{distilled.meta.get('distiller', '?')}+{distilled.meta.get('regularizer', '?')}"
     ipc = distilled.meta.get("ipc") or int(images.shape[0] // len(test.classes))
 
+    cache = None if seeds_dir is None else SeedCache(
+        seeds_dir, config.to_dict(), set_digest(distilled), (test.name, int(x_test.shape[0])))
     factories = [(b, p, model_factory(registry, b, p, test, device)) for b, p in specs]
     for _, _, make_model in factories:
         make_model()  # a backbone that cannot be built fails now, not after minutes of training
@@ -199,6 +205,10 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
         per_seed = []
         for i in range(ecfg.seeds):
             seed = config.seed + i
+            done = cache.get(backbone, backbone_params, seed) if cache else None
+            if done is not None:
+                per_seed.append(done)
+                continue
             torch.manual_seed(seed)
             t0 = time.perf_counter()
             model = train_model(make_model(), images, labels, epochs=ecfg.epochs, lr=ecfg.lr,
@@ -219,6 +229,8 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
                 "clean_seconds": round(t2 - t1, 4),
                 "attack_seconds": round(time.perf_counter() - t2, 3),
             })
+            if cache:
+                cache.put(backbone, backbone_params, seed, per_seed[-1])
         row = {
             "label": name,
             "backbone": backbone,
