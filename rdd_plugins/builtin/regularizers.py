@@ -2,15 +2,16 @@
 
 ``none`` (plain DC), ``curvature`` (GUARD, finite-difference form), ``cure`` (exact CURE, double
 backprop), ``gradient-norm`` (input-gradient penalty) and ``adversarial`` (PGD on the real batch: the
-adversarial-training-in-the-loop baseline GUARD replaces). All are written with ``torch.func`` so
-the matching step can vmap them over classes. h and eps are in [0, 1] pixel units.
+adversarial-training-in-the-loop baseline GUARD replaces). All are written with torch.func's
+``grad`` (rdd_plugins.distillation.autodiff: torch.func under vmap, autograd in a loop) so the
+matching step can vmap them over classes. h and eps are in [0, 1] pixel units.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.func import grad, grad_and_value
 
+from ..distillation.autodiff import grad, grad_and_value
 from ..distillation.contract import Gradients, LossFn
 from ..errors import RddError
 from ..plugins import hookimpl

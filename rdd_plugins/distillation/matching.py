@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, vmap
 
 from ..errors import RddError
+from .autodiff import grad
 from .contract import Gradients, LossFn, Regularizer
 
 
