@@ -195,7 +195,7 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
     ipc = distilled.meta.get("ipc") or int(images.shape[0] // len(test.classes))
 
     cache = None if seeds_dir is None else SeedCache(
-        seeds_dir, config.to_dict(), set_digest(distilled), (test.name, int(x_test.shape[0])))
+        seeds_dir, config.to_dict(), set_digest(distilled), (test.name, int(x_test.shape[0]), str(device)))
     factories = [(b, p, model_factory(registry, b, p, test, device)) for b, p in specs]
     for _, _, make_model in factories:
         make_model()  # a backbone that cannot be built fails now, not after minutes of training

@@ -1,8 +1,8 @@
 """Finished evaluation seeds kept on disk, so an interrupted evaluation loses at most one model.
 
 Every (backbone, seed) result is written as JSON as soon as it is done, under a key that covers
-everything its numbers depend on: the resolved config (device included), the set's tensors, the
-test split, the backbone and the seed. Rerunning the same evaluation into the same folder reuses the
+everything its numbers depend on: the resolved config, the device it ran on ("auto" resolved),
+the set's tensors, the test split, the backbone and the seed. Rerunning the same evaluation into the same folder reuses the
 results whose key matches; since each model is seeded, the finished report is the one an
 uninterrupted run writes. A file with another key, or unreadable, is simply computed again.
 """
