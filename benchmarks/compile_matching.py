@@ -69,7 +69,8 @@ def main() -> None:
         total, grads = 0.0, []
         for c in range(k):
             value, g = syn_c(params, syn[c], syn_y[c], real_c(params, real_x[c], real_y[c]))
-            total, _ = total + value, grads.append(g)
+            total = total + value
+            grads.append(g)
         return total, torch.stack(grads)
 
     def eager_step():

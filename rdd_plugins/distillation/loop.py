@@ -141,9 +141,7 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
     if len(relabel) > 2:
         raise RddError(f"{dcfg.distiller}: result() gave {len(relabel) + 2} tensors; expected images, labels"
                        f"[, soft_labels[, crop_boxes]]")
-    soft_labels, crop_boxes = (relabel + [None, None])[:2]
-    soft_labels = soft_labels.detach().cpu() if soft_labels is not None else None
-    crop_boxes = crop_boxes.detach().cpu() if crop_boxes is not None else None
+    soft_labels, crop_boxes = ([t.detach().cpu() for t in relabel] + [None, None])[:2]
     meta = {
         "dataset": train.meta(),
         "ipc": dcfg.ipc,
