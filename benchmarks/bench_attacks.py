@@ -16,7 +16,8 @@ import time
 
 import torch
 
-from rdd_plugins.config import resolve, resolve_device
+from rdd_plugins.config import resolve
+from rdd_plugins.runtime import use_device
 from rdd_plugins.distillation.loop import model_factory, run_distillation
 from rdd_plugins.evaluation.pipeline import load_test_split, run_attacks
 from rdd_plugins.evaluation.robust import clean_correct
@@ -41,7 +42,7 @@ def main() -> None:
     cfg = resolve(base={"seed": 0, "device": args.device, "data": {"dataset": "fashion-mnist"},
                         "distill": {"distiller": "random", "ipc": 10},
                         "evaluate": {"n_test": args.n, "epochs": args.epochs}})
-    device = resolve_device(cfg.device)
+    device = use_device(cfg.device)
     test = load_test_split(registry, cfg)
     ds = load_distilled(args.set) if args.set else run_distillation(cfg, registry, None, progress=False)
     make_model = model_factory(registry, "convnet", {"width": args.width}, test, device)

@@ -11,6 +11,10 @@ Rows (all measured in this one run, each in a fresh subprocess so peak memory is
                     ConvNet (networks.py) and match_loss (utils.py), imported from that clone and
                     driven as its main.py drives them; the row also reports the matching loss of
                     DC's code and of ours on the same weights and data, to show they compute the same
+  dc-code+rdd-runtime  the same, in a process set up as `rdd distill` sets up its own
+                    (rdd_plugins/runtime.py: on a CPU, malloc keeps freed memory), so the table
+                    separates what the process set-up gives from what the step itself does
+Our rows run in a process set up as `rdd distill`'s; dc-reference and dc-code as plain scripts do.
 Times are the median of --repeats matching steps (real targets, synthetic gradients, distance,
 backward to the images) after one warm-up; data are random tensors of the setting's shape.
 Peak memory: CUDA max_memory_allocated, or the process's peak RSS on CPU.
@@ -114,10 +118,11 @@ def dc_code_row(dc_repo: str, net, setting: dict, device, real_x, real_y, syn, s
 def measure(row: str, setting: str, device_name: str, repeats: int, dc_repo: str | None = None) -> dict:
     import rdd_plugins
     from rdd_plugins.config import resolve_device
+    from rdd_plugins.runtime import use_device
     from rdd_plugins.distillation.matching import make_loss_fn, matching_loss, trainable_params, use_vmap
 
     s = SETTINGS[setting]
-    device = resolve_device(device_name)
+    device = resolve_device(device_name) if row in ("dc-reference", "dc-code") else use_device(device_name)
     torch.manual_seed(0)
     registry = rdd_plugins.get_registry()
     net = registry.create("backbones", "convnet", s["channels"], s["classes"], s["size"], (0.5,) * s["channels"],
@@ -129,7 +134,7 @@ def measure(row: str, setting: str, device_name: str, repeats: int, dc_repo: str
     syn_y = torch.arange(k, device=device).view(k, 1).expand(k, ipc).contiguous()
 
     extra = {}
-    if row == "dc-code":
+    if row.startswith("dc-code"):
         step, extra = dc_code_row(dc_repo, net, s, device, real_x, real_y, syn, syn_y, make_loss_fn(net),
                                   trainable_params(net))
     elif ROWS[row] is None:
@@ -180,7 +185,7 @@ def main() -> None:
         return
     rows = list(args.rows)
     if args.dc_repo:
-        rows.insert(0, "dc-code")
+        rows[:0] = ["dc-code", "dc-code+rdd-runtime"]
     results = {}
     for row in rows:
         cmd = [sys.executable, __file__, "--child", row, "--setting", args.setting,
@@ -201,7 +206,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for row, r in results.items():
         ratio = f"{r['median_s'] / base:.2f}" if base else "-"
-        speed = f"{r['median_s'] / base:.2f}x" if base and row in ("dc-reference", "dc-code") else ""
+        speed = f"{r['median_s'] / base:.2f}x" if base and row.startswith("dc-") else ""
         print(f"| {row} | {r['median_s']:.3f} | {ratio} | {speed} | {r['peak_mib']:.0f} |")
     if "gm+curvature" in results and "gm+adversarial" in results:
         print(f"adversarial / curvature: {results['gm+adversarial']['median_s'] / results['gm+curvature']['median_s']:.2f}")
@@ -211,6 +216,7 @@ def main() -> None:
         r = results["dc-code"]
         if base:
             print(f"dc-code / gm+none: {r['median_s'] / base:.2f}")
+            print(f"dc-code+rdd-runtime / gm+none: {results['dc-code+rdd-runtime']['median_s'] / base:.2f}")
         print(f"matching loss on the same weights and data: DC's code {r['dc_code_loss']:.6f}, "
               f"ours {r['our_loss']:.6f}")
 

@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng, run_fingerprint, save_checkpoint
-from ..config import RunConfig, resolve_device, to_toml
+from ..config import RunConfig, to_toml
 from ..errors import RddError
 from ..lifecycle import DistillStep, notify
 from ..progress import bar
 from ..registry import Registry
+from ..runtime import use_device
 from ..storage import IMAGES_FILE, META_FILE, DistilledSet, atomic_write_text, save_distilled, write_json
 from ..versions import package_versions
 from .contract import DistillContext
@@ -75,7 +76,7 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
         registry.get(kind, name)
     if resume and not out:
         raise RddError("resume needs the run folder")
-    device = resolve_device(config.device)
+    device = use_device(config.device)
     torch.manual_seed(config.seed)
     train = load_split(registry, config, "train")
     train.images, train.labels = train.images.to(device), train.labels.to(device)

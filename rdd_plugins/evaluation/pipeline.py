@@ -12,12 +12,13 @@ from pathlib import Path
 
 import torch
 
-from ..config import RunConfig, parse_eps, resolve_device
+from ..config import RunConfig, parse_eps
 from ..data import ImageData
 from ..distillation.loop import load_split, model_factory
 from ..errors import RddError
 from ..lifecycle import notify
 from ..registry import Registry
+from ..runtime import use_device
 from ..storage import DistilledSet
 from .metrics import robustness_indices, success_rate, summarize
 from .robust import clean_correct, robust_correct
@@ -180,7 +181,7 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
     (backbone, seed) is kept there and reused by a rerun of the same evaluation (seed_cache.py).
     """
     ecfg = config.evaluate
-    device = resolve_device(config.device)
+    device = use_device(config.device)
     specs = backbone_specs(config)
     for backbone, _ in specs:
         registry.get("backbones", backbone)
