@@ -4,7 +4,8 @@ Times the matching step of plain `gm` (loss and its gradient w.r.t. the syntheti
 looped as on CPU) eager and with the two per-class pieces compiled by torch.compile (inductor):
 the real-batch target gradient, and the synthetic side (gradient of the layer-wise distance w.r.t.
 the images, a grad of a grad). Prints the compile time, the medians, the speed-up of each piece and
-how far the compiled loss and image-gradient are from eager.
+how far the compiled and the eager float32 image-gradients are from the same step in float64 (eager
+float32 is not exact either: instance norm over large maps loses digits in its backward).
 
     python benchmarks/compile_matching.py [--width 32] [--batch-real 64] [--repeats 5]
 """
@@ -12,6 +13,7 @@ how far the compiled loss and image-gradient are from eager.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -20,6 +22,7 @@ from torch.func import grad, grad_and_value
 
 import rdd_plugins
 from rdd_plugins.distillation.matching import layerwise_distance, make_loss_fn, matching_loss, trainable_params
+from rdd_plugins.runtime import use_device
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -39,6 +42,7 @@ def main() -> None:
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
+    use_device("cpu")  # the process set-up `rdd distill` uses
     registry = rdd_plugins.get_registry()
     torch.manual_seed(0)
     net = registry.create("backbones", "convnet", 1, 10, 28, (0.5,), (0.25,), width=args.width)
@@ -73,16 +77,20 @@ def main() -> None:
             grads.append(g)
         return total, torch.stack(grads)
 
-    def eager_step():
+    def eager_step(loss_fn=loss_fn, params=params, real_x=real_x, syn=syn):
         images = syn.clone().requires_grad_(True)
         loss = matching_loss(none, loss_fn, params, real_x, real_y, images, syn_y, False)
         (g,) = torch.autograd.grad(loss, images)
         return loss, g
 
+    net64 = copy.deepcopy(net).double()
+    params64 = {n: v.detach() for n, v in trainable_params(net64).items()}
+
     t0 = time.perf_counter()
     loss_c, grad_c = compiled_step()
     compile_s = time.perf_counter() - t0
     loss_e, grad_e = eager_step()
+    loss_64, grad_64 = eager_step(make_loss_fn(net64), params64, real_x.double(), syn.double())
     targets = [real_piece(params, real_x[c], real_y[c]) for c in range(k)]
     rows = {
         "step": (median_seconds(eager_step, args.repeats), median_seconds(compiled_step, args.repeats)),
@@ -98,8 +106,13 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, (eager, compiled) in rows.items():
         print(f"| {name} | {eager:.4f} | {compiled:.4f} | {eager / compiled:.2f}x |")
-    print(f"matching loss eager {loss_e.item():.6f}, compiled {loss_c.item():.6f}; image-gradient relative "
-          f"difference {((grad_c - grad_e).norm() / grad_e.norm()).item():.1e}")
+    def off(g):
+        return ((g.double() - grad_64).norm() / grad_64.norm()).item()
+
+    print(f"matching loss float64 {loss_64.item():.6f}, eager {loss_e.item():.6f}, compiled {loss_c.item():.6f}")
+    between = ((grad_c - grad_e).norm() / grad_e.norm()).item()
+    print(f"image-gradient relative difference: compiled vs eager {between:.1e}; "
+          f"from float64: eager {off(grad_e):.1e}, compiled {off(grad_c):.1e}")
 
 
 if __name__ == "__main__":

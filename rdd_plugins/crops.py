@@ -18,28 +18,34 @@ BOX_FIELDS = ("top", "left", "height", "width", "flip")
 
 
 def sample_crop_boxes(n: int, views: int, min_scale: float, image_size: tuple[int, int],
-                      generator: torch.Generator) -> torch.Tensor:
-    """(n, views, 5) random-resized-crop boxes: area fraction in [min_scale, 1], aspect ratio in
-    [3/4, 4/3] (torchvision's RandomResizedCrop ranges), a horizontal flip with probability 1/2.
+                      generator: torch.Generator, attempts: int = 10) -> torch.Tensor:
+    """(n, views, 5) random-resized-crop boxes as torchvision's RandomResizedCrop draws them: area
+    fraction in [min_scale, 1] and aspect ratio in [3/4, 4/3], up to ``attempts`` draws per box, the
+    first that fits; if none fits, the central crop of the largest box with a ratio in that range
+    (the whole image when the image's own ratio is in it). A horizontal flip with probability 1/2.
 
-    A box that would not fit becomes the whole image: 14 % of the views at min scale 0.08 and 26 % at
-    0.5 on square images (torchvision retries up to 10 times first, so it rarely falls back; one
-    draw per box keeps this vectorised and the number of draws fixed). The measurements in README
-    were made with this sampler.
-    Draws only from ``generator`` (CPU), so where and how often it is called leaves the run's
-    global random stream, and with it resume, untouched.
+    All draws are made at once, ``attempts`` per box whether needed or not, so it stays vectorised
+    and the number of draws is fixed. Draws only from ``generator`` (CPU), so where and how often it
+    is called leaves the run's global random stream, and with it resume, untouched.
     """
     h, w = image_size
-    u = torch.rand(n, views, 5, generator=generator, dtype=torch.float64)
+    u = torch.rand(n, views, attempts, 2, generator=generator, dtype=torch.float64)
+    place = torch.rand(n, views, 3, generator=generator, dtype=torch.float64)
     scale = min_scale + (1.0 - min_scale) * u[..., 0]
     ratio = torch.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[..., 1])
-    width = torch.sqrt(scale * ratio * h / w)
+    width = torch.sqrt(scale * ratio * h / w)  # fractions of the image's width and height
     height = torch.sqrt(scale / ratio * w / h)
-    too_big = (width > 1) | (height > 1)
-    width, height = width.masked_fill(too_big, 1.0), height.masked_fill(too_big, 1.0)
-    top = (1.0 - height) * u[..., 2]
-    left = (1.0 - width) * u[..., 3]
-    flip = (u[..., 4] < 0.5).double()
+    fits = (width <= 1) & (height <= 1)
+    first = fits.to(torch.int8).argmax(-1, keepdim=True)  # index of the first fitting draw
+    width, height = width.gather(-1, first).squeeze(-1), height.gather(-1, first).squeeze(-1)
+    # torchvision's fallback, in fractions: the image's ratio clamped to [3/4, 4/3], centred
+    own = w / h
+    fallback_w, fallback_h = min(1.0, (4 / 3) / own), min(1.0, own / (3 / 4))
+    none_fit = ~fits.any(-1)
+    width, height = width.masked_fill(none_fit, fallback_w), height.masked_fill(none_fit, fallback_h)
+    top = torch.where(none_fit, (1.0 - height) / 2, (1.0 - height) * place[..., 0])
+    left = torch.where(none_fit, (1.0 - width) / 2, (1.0 - width) * place[..., 1])
+    flip = (place[..., 2] < 0.5).double()
     return torch.stack([top, left, height, width, flip], dim=-1).float()
 
 

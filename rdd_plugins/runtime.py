@@ -4,8 +4,9 @@ Why the CPU part: glibc's malloc serves every allocation above its mmap threshol
 with a fresh ``mmap`` and gives it back with ``munmap`` on free. PyTorch's CPU allocator has no
 cache, so each large activation (DC's width-128 ConvNet on a real batch of 256 allocates 134 MiB
 tensors) is mapped anew and its pages are faulted in and zeroed by the kernel on first touch, every
-step. On 2 cores that was 45 % of a gradient-matching step's wall time, spent in the kernel
-(``python benchmarks/bench_distill.py --setting dc`` compares both). Turning mmap off for malloc
+step: in DC's setting on 2 cores, 40 % of a gradient-matching step's CPU time was spent in the
+kernel, and the step ran 1.8-2.0x faster without it (``python benchmarks/bench_distill.py --setting
+dc --dc-repo PATH`` shows DC's own code both ways). Turning mmap off for malloc
 and never trimming the heap makes freed blocks reusable, as PyTorch's CUDA caching allocator does
 on a GPU: identical numbers, a higher resident peak (the heap keeps its high-water mark).
 

@@ -24,6 +24,29 @@ def test_sampled_boxes_lie_inside_cover_at_least_min_scale_and_repeat_with_the_s
     assert not torch.equal(boxes, sample_crop_boxes(50, 7, 0.3, (8, 12), torch.Generator().manual_seed(2)))
 
 
+def test_boxes_follow_torchvisions_random_resized_crop():
+    from torchvision.transforms import RandomResizedCrop
+
+    ours = sample_crop_boxes(500, 20, 0.08, (28, 28), torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    theirs = torch.tensor([RandomResizedCrop.get_params(torch.empty(1, 28, 28), [0.08, 1.0], [3 / 4, 4 / 3])
+                           for _ in range(10000)], dtype=torch.float64)
+    their_h, their_w = theirs[:, 2] / 28, theirs[:, 3] / 28
+    for mine, other in ((ours[..., 2] * ours[..., 3], their_h * their_w), (ours[..., 3] / ours[..., 2], their_w / their_h)):
+        assert abs(mine.double().mean() - other.mean()) < 0.02
+        assert abs(mine.double().std() - other.std()) < 0.02
+    # retries: the whole image only as often as an area draw near 1 (one draw per box: 14 %)
+    whole = (ours[..., 2] > 0.999) & (ours[..., 3] > 0.999)
+    assert whole.float().mean() < 0.01
+
+
+def test_a_box_that_never_fits_falls_back_to_the_central_crop_at_the_nearest_ratio():
+    boxes = sample_crop_boxes(4, 3, 0.99, (8, 40), torch.Generator().manual_seed(0))
+    width = (4 / 3) / 5  # the widest box of ratio 4/3 on an 8 x 40 image, as a fraction of 40
+    expected = torch.tensor([0.0, (1 - width) / 2, 1.0, width])
+    assert torch.allclose(boxes[..., :4], expected.expand(4, 3, 4), atol=1e-6)
+
+
 def test_whole_image_box_is_the_image_and_flip_mirrors_it():
     images = torch.rand(3, 2, 6, 6)
     whole = apply_crop_boxes(images, boxes_of(*[[0, 0, 1, 1, 0]] * 3))
