@@ -17,13 +17,13 @@ import time
 import torch
 
 from rdd_plugins.config import resolve
-from rdd_plugins.runtime import use_device
 from rdd_plugins.distillation.loop import model_factory, run_distillation
 from rdd_plugins.evaluation.pipeline import load_test_split, run_attacks
 from rdd_plugins.evaluation.robust import clean_correct
 from rdd_plugins.evaluation.suites import plan_attacks
 from rdd_plugins.evaluation.train import train_model
 from rdd_plugins.plugins import get_registry
+from rdd_plugins.runtime import prepare_device
 from rdd_plugins.storage import load_distilled
 
 
@@ -42,7 +42,7 @@ def main() -> None:
     cfg = resolve(base={"seed": 0, "device": args.device, "data": {"dataset": "fashion-mnist"},
                         "distill": {"distiller": "random", "ipc": 10},
                         "evaluate": {"n_test": args.n, "epochs": args.epochs}})
-    device = use_device(cfg.device)
+    device = prepare_device(cfg.device)
     test = load_test_split(registry, cfg)
     ds = load_distilled(args.set) if args.set else run_distillation(cfg, registry, None, progress=False)
     make_model = model_factory(registry, "convnet", {"width": args.width}, test, device)

@@ -16,8 +16,8 @@ import time
 import torch
 
 import rdd_plugins
-from rdd_plugins.runtime import use_device
 from rdd_plugins.distillation.matching import make_loss_fn, real_class_gradients, trainable_params
+from rdd_plugins.runtime import prepare_device
 
 
 def median_seconds(fn, repeats: int, device: torch.device) -> float:
@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    device = use_device(args.device)
+    device = prepare_device(args.device)
     torch.manual_seed(0)
     registry = rdd_plugins.get_registry()
     model = registry.create("backbones", "convnet", 1, args.classes, (28, 28), (0.286,), (0.353,),

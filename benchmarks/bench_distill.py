@@ -119,10 +119,10 @@ def measure(row: str, setting: str, device_name: str, repeats: int, dc_repo: str
     import rdd_plugins
     from rdd_plugins.config import resolve_device
     from rdd_plugins.distillation.matching import make_loss_fn, matching_loss, trainable_params, use_vmap
-    from rdd_plugins.runtime import use_device
+    from rdd_plugins.runtime import prepare_device
 
     s = SETTINGS[setting]
-    device = resolve_device(device_name) if row in ("dc-reference", "dc-code") else use_device(device_name)
+    device = resolve_device(device_name) if row in ("dc-reference", "dc-code") else prepare_device(device_name)
     torch.manual_seed(0)
     registry = rdd_plugins.get_registry()
     net = registry.create("backbones", "convnet", s["channels"], s["classes"], s["size"], (0.5,) * s["channels"],

@@ -22,7 +22,7 @@ from torch.func import grad, grad_and_value
 
 import rdd_plugins
 from rdd_plugins.distillation.matching import layerwise_distance, make_loss_fn, matching_loss, trainable_params
-from rdd_plugins.runtime import use_device
+from rdd_plugins.runtime import prepare_device
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    use_device("cpu")  # the process set-up `rdd distill` uses
+    prepare_device("cpu")  # the process set-up `rdd distill` uses
     registry = rdd_plugins.get_registry()
     torch.manual_seed(0)
     net = registry.create("backbones", "convnet", 1, 10, 28, (0.5,), (0.25,), width=args.width)
@@ -106,6 +106,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, (eager, compiled) in rows.items():
         print(f"| {name} | {eager:.4f} | {compiled:.4f} | {eager / compiled:.2f}x |")
+
     def off(g):
         return ((g.double() - grad_64).norm() / grad_64.norm()).item()
 

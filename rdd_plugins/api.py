@@ -157,7 +157,7 @@ def benchmark(distilled: DistilledSet | str | Path, config: RunConfig | dict | s
     from .distillation.loop import load_split, model_factory
     from .evaluation.pipeline import backbone_specs, check_set_fits
     from .evaluation.train import train_model
-    from .runtime import use_device
+    from .runtime import prepare_device
     from .storage import write_json
     from .versions import package_versions
 
@@ -175,7 +175,7 @@ def benchmark(distilled: DistilledSet | str | Path, config: RunConfig | dict | s
         raise RddError("n_examples must be positive")
     eps_value = rb.default_eps(dataset, threat_model) if eps is None else parse_eps(eps, threat_model)
     registry = get_registry()
-    device = use_device(cfg.device)
+    device = prepare_device(cfg.device)
     specs = backbone_specs(cfg)
     if len(specs) != 1:
         raise RddError(f"benchmark trains one model: give one backbone, not {', '.join(b for b, _ in specs)}")

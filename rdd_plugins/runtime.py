@@ -2,16 +2,22 @@
 
 Why the CPU part: glibc's malloc serves every allocation above its mmap threshold (at most 32 MiB)
 with a fresh ``mmap`` and gives it back with ``munmap`` on free. PyTorch's CPU allocator has no
-cache, so each large activation (DC's width-128 ConvNet on a real batch of 256 allocates 134 MiB
+cache, so each large activation (DC's width-128 ConvNet on a real batch of 256 allocates 128 MiB
 tensors) is mapped anew and its pages are faulted in and zeroed by the kernel on first touch, every
 step: in DC's setting on 2 cores, 40 % of a gradient-matching step's CPU time was spent in the
-kernel, and the step ran 1.8-2.0x faster without it (``python benchmarks/bench_distill.py --setting
-dc --dc-repo PATH`` shows DC's own code both ways). Turning mmap off for malloc
-and never trimming the heap makes freed blocks reusable, as PyTorch's CUDA caching allocator does
-on a GPU: identical numbers, a higher resident peak (the heap keeps its high-water mark).
+kernel, and steps ran 1.9-2.5x faster without it (``python benchmarks/bench_distill.py --setting dc
+--dc-repo PATH`` shows DC's own code both ways). Turning mmap off for malloc and trimming the heap
+only when 2 GiB lie free at its top makes freed blocks reusable, as PyTorch's CUDA caching allocator
+does on a GPU: identical numbers, a higher resident peak (the heap keeps its high-water mark: +60 %
+for `gm` in DC's setting). It governs glibc's main arena, which serves the
+thread that runs the step (PyTorch's CPU autograd runs on the calling thread); other threads'
+arenas still map requests of 64 MiB and more afresh.
 
-Set ``RDD_SYSTEM_MALLOC=1`` in the environment to leave malloc as it is (e.g. when several
-processes share a machine's memory). Other C libraries than glibc are left as they are.
+The setting is process-wide and stays for the life of the process, also when the library is used
+from Python (``rdd_plugins.distill``, ``evaluate``, ``benchmark``). Set ``RDD_SYSTEM_MALLOC=1`` in
+the environment to leave malloc as it is (e.g. when several processes share a machine's memory).
+Other C libraries than glibc, and a malloc preloaded in its place (jemalloc, tcmalloc, ... in
+``LD_PRELOAD``), are left as they are.
 """
 
 from __future__ import annotations
@@ -39,18 +45,22 @@ def keep_freed_memory() -> bool:
     if _applied is not None:
         return _applied
     _applied = False
-    if os.environ.get("RDD_SYSTEM_MALLOC", "") not in ("", "0") or platform.libc_ver()[0] != "glibc":
+    opted_out = os.environ.get("RDD_SYSTEM_MALLOC", "").strip().lower() in ("1", "true", "yes", "on")
+    if opted_out or platform.libc_ver()[0] != "glibc" \
+            or "malloc" in os.environ.get("LD_PRELOAD", ""):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    # mallopt returns 1 on success. The trim threshold is an int: its largest value keeps the heap.
-    _applied = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    # mallopt returns 1 on success. The trim threshold is an int: the largest one returns heap to
+    # the OS only when 2 GiB lie free at its top. Without it, turning mmap off would make the heap
+    # shrink and regrow, faulting the same pages in again.
+    _applied = bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)) and bool(libc.mallopt(_M_MMAP_MAX, 0))
     return _applied
 
 
-def use_device(name: str) -> torch.device:
+def prepare_device(name: str) -> torch.device:
     """``resolve_device(name)``, with the process set up for it (see the module docstring)."""
     device = resolve_device(name)
     if device.type == "cpu":

@@ -17,7 +17,10 @@ def test_sampled_boxes_lie_inside_cover_at_least_min_scale_and_repeat_with_the_s
     boxes = sample_crop_boxes(50, 7, 0.3, (8, 12), torch.Generator().manual_seed(1))
     assert boxes.shape == (50, 7, 5) and check_crop_boxes(boxes) is None
     area = boxes[..., 2] * boxes[..., 3]
-    assert (area >= 0.3 - 1e-6).all() and (area < 0.99).any()
+    # at least the min scale up to rounding to whole pixels (half a pixel per side), as torchvision
+    assert (area >= 0.3 - (8 + 12 + 1) / (2 * 96)).all() and (area < 0.99).any()
+    pixels = boxes[..., :4] * torch.tensor([8.0, 12.0, 8.0, 12.0])  # top, left, height, width
+    assert torch.allclose(pixels, torch.round(pixels), atol=1e-4)
     assert 0.3 < boxes[..., 4].mean() < 0.7  # about half flipped
     again = sample_crop_boxes(50, 7, 0.3, (8, 12), torch.Generator().manual_seed(1))
     assert torch.equal(boxes, again)
@@ -27,23 +30,28 @@ def test_sampled_boxes_lie_inside_cover_at_least_min_scale_and_repeat_with_the_s
 def test_boxes_follow_torchvisions_random_resized_crop():
     from torchvision.transforms import RandomResizedCrop
 
-    ours = sample_crop_boxes(500, 20, 0.08, (28, 28), torch.Generator().manual_seed(0))
-    torch.manual_seed(0)
-    theirs = torch.tensor([RandomResizedCrop.get_params(torch.empty(1, 28, 28), [0.08, 1.0], [3 / 4, 4 / 3])
-                           for _ in range(10000)], dtype=torch.float64)
-    their_h, their_w = theirs[:, 2] / 28, theirs[:, 3] / 28
-    for mine, other in ((ours[..., 2] * ours[..., 3], their_h * their_w), (ours[..., 3] / ours[..., 2], their_w / their_h)):
-        assert abs(mine.double().mean() - other.mean()) < 0.02
-        assert abs(mine.double().std() - other.std()) < 0.02
-    # retries: the whole image only as often as an area draw near 1 (one draw per box: 14 %)
-    whole = (ours[..., 2] > 0.999) & (ours[..., 3] > 0.999)
-    assert whole.float().mean() < 0.01
+    size = (28, 28)
+    ours = sample_crop_boxes(500, 20, 0.08, size, torch.Generator().manual_seed(0)).view(-1, 5).double()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        theirs = torch.tensor([RandomResizedCrop.get_params(torch.empty(1, *size), [0.08, 1.0], [3 / 4, 4 / 3])
+                               for _ in range(10000)], dtype=torch.float64) / 28
+    # pixel-aligned like torchvision's boxes (i, j, h, w)
+    assert torch.allclose(ours[:, :4] * 28, torch.round(ours[:, :4] * 28), atol=1e-4)
+    for column in range(4):
+        assert abs(ours[:, column].mean() - theirs[:, column].mean()) < 0.01, column
+        assert abs(ours[:, column].std() - theirs[:, column].std()) < 0.01, column
+    area, their_area = ours[:, 2] * ours[:, 3], theirs[:, 2] * theirs[:, 3]
+    assert abs(area.mean() - their_area.mean()) < 0.01
+    # the whole image about as rarely as torchvision gives it (the one-draw sampler: 14 %)
+    whole = (area > 0.999).double().mean()
+    assert abs(whole - (their_area > 0.999).double().mean()) < 0.01
 
 
 def test_a_box_that_never_fits_falls_back_to_the_central_crop_at_the_nearest_ratio():
     boxes = sample_crop_boxes(4, 3, 0.99, (8, 40), torch.Generator().manual_seed(0))
-    width = (4 / 3) / 5  # the widest box of ratio 4/3 on an 8 x 40 image, as a fraction of 40
-    expected = torch.tensor([0.0, (1 - width) / 2, 1.0, width])
+    # torchvision: h = 8, w = round(8 * 4/3) = 11, left = (40 - 11) // 2 = 14
+    expected = torch.tensor([0.0, 14 / 40, 1.0, 11 / 40])
     assert torch.allclose(boxes[..., :4], expected.expand(4, 3, 4), atol=1e-6)
 
 

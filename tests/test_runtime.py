@@ -9,19 +9,19 @@ import pytest
 import torch
 
 from rdd_plugins.errors import RddError
-from rdd_plugins.runtime import use_device
+from rdd_plugins.runtime import prepare_device
 
-# Allocates and frees a 256 MiB tensor after use_device("cpu"), then prints how much of it the
+# Allocates and frees a 256 MiB tensor after prepare_device("cpu"), then prints how much of it the
 # process still holds: kept for reuse when malloc keeps freed memory, returned to the OS otherwise.
 PROBE = """
 import torch
-from rdd_plugins.runtime import keep_freed_memory, use_device
+from rdd_plugins.runtime import keep_freed_memory, prepare_device
 
 def rss_mib():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
-use_device("cpu")
+prepare_device("cpu")
 before = rss_mib()
 x = torch.ones(64 * 2**20)  # 256 MiB, every page touched
 del x
@@ -45,9 +45,17 @@ def test_cpu_runs_keep_freed_memory_unless_the_environment_opts_out():
     assert applied == "False" and held < 50, held
 
 
-def test_use_device_resolves_as_the_config_says():
-    assert use_device("cpu") == torch.device("cpu")
-    assert use_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc tuning applies to glibc")
+def test_only_an_explicit_yes_opts_out_and_a_preloaded_malloc_is_left_alone():
+    assert probe({"RDD_SYSTEM_MALLOC": "false"})[0] == "True"
+    assert probe({"RDD_SYSTEM_MALLOC": "yes"})[0] == "False"
+    # the loader warns that it cannot preload the missing library and goes on without it
+    assert probe({"RDD_SYSTEM_MALLOC": "", "LD_PRELOAD": "libjemalloc-missing.so"})[0] == "False"
+
+
+def test_prepare_device_resolves_as_the_config_says():
+    assert prepare_device("cpu") == torch.device("cpu")
+    assert prepare_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(RddError, match="CUDA is not available"):
-            use_device("cuda")
+            prepare_device("cuda")

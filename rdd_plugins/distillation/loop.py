@@ -19,7 +19,7 @@ from ..errors import RddError
 from ..lifecycle import DistillStep, notify
 from ..progress import bar
 from ..registry import Registry
-from ..runtime import use_device
+from ..runtime import prepare_device
 from ..storage import IMAGES_FILE, META_FILE, DistilledSet, atomic_write_text, save_distilled, write_json
 from ..versions import package_versions
 from .contract import DistillContext
@@ -76,7 +76,7 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
         registry.get(kind, name)
     if resume and not out:
         raise RddError("resume needs the run folder")
-    device = use_device(config.device)
+    device = prepare_device(config.device)
     torch.manual_seed(config.seed)
     train = load_split(registry, config, "train")
     train.images, train.labels = train.images.to(device), train.labels.to(device)

@@ -3,7 +3,8 @@
 Per-class gradients come from a pure loss function, so the classes can be batched with
 ``torch.func.vmap`` (one launch per layer for all classes: the fast path on a GPU, where DC's tiny
 per-class convolutions are launch-bound) or looped (faster on CPU, where vmap's batched
-convolutions measured 2-3x slower than a loop on 2 cores: benchmarks/bench_class_batching.py).
+convolutions measured 7 % slower than a loop on 2 cores, 2-3x before runtime.py stopped malloc
+from unmapping their large buffers: benchmarks/bench_class_batching.py).
 ``auto`` picks by device.
 """
 

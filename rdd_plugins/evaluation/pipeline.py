@@ -18,7 +18,7 @@ from ..distillation.loop import load_split, model_factory
 from ..errors import RddError
 from ..lifecycle import notify
 from ..registry import Registry
-from ..runtime import use_device
+from ..runtime import prepare_device
 from ..storage import DistilledSet
 from .metrics import robustness_indices, success_rate, summarize
 from .robust import clean_correct, robust_correct
@@ -181,7 +181,7 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
     (backbone, seed) is kept there and reused by a rerun of the same evaluation (seed_cache.py).
     """
     ecfg = config.evaluate
-    device = use_device(config.device)
+    device = prepare_device(config.device)
     specs = backbone_specs(config)
     for backbone, _ in specs:
         registry.get("backbones", backbone)
