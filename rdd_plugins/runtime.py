@@ -9,9 +9,9 @@ kernel, and steps ran 1.9-2.5x faster without it (``python benchmarks/bench_dist
 --dc-repo PATH`` shows DC's own code both ways). Turning mmap off for malloc and trimming the heap
 only when 2 GiB lie free at its top makes freed blocks reusable, as PyTorch's CUDA caching allocator
 does on a GPU: identical numbers, a higher resident peak (the heap keeps its high-water mark: +60 %
-for `gm` in DC's setting). It governs glibc's main arena, which serves the
-thread that runs the step (PyTorch's CPU autograd runs on the calling thread); other threads'
-arenas still map requests of 64 MiB and more afresh.
+for `gm` in DC's setting). It governs glibc's main arena, which serves the thread that runs the step
+(PyTorch's CPU autograd runs on the calling thread); other threads' arenas still map requests of
+64 MiB and more afresh.
 
 The setting is process-wide and stays for the life of the process, also when the library is used
 from Python (``rdd_plugins.distill``, ``evaluate``, ``benchmark``). Set ``RDD_SYSTEM_MALLOC=1`` in

@@ -30,7 +30,7 @@ print(keep_freed_memory(), round(rss_mib() - before))
 
 
 def probe(env_extra: dict) -> tuple[str, int]:
-    env = {**os.environ, **env_extra}
+    env = {**os.environ, "LD_PRELOAD": "", **env_extra}  # a malloc preloaded around us is left alone
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, check=True)
     applied, held = out.stdout.split()
     return applied, int(held)
