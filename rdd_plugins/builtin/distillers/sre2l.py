@@ -59,9 +59,8 @@ class SqueezeRecoverRelabel:
     per image, the teacher's on the whole image. On Fashion-MNIST (benchmarks/guard_sre2l.py) the
     views raised clean accuracy from 64.65 to 73.20 (R = 50); R = 300 did not do better and min
     scale 0.5 half a point, so the defaults are SRe2L's, with R = 50 keeping the stored labels small
-    (N x 50 x classes). The views are drawn from a
-    generator seeded once at init, so they do not depend on when the result is taken (resume stays
-    exact).
+    (N x 50 x classes). The views are drawn from a generator seeded once at init, so they do not
+    depend on when the result is taken (resume stays exact).
     ``crop_min_scale`` > 0 applies SRe2L's random-resized-crop and flip to the synthetic batch
     before the teacher at every recover step. The default is 0 (none): on Fashion-MNIST at a CPU
     budget (benchmarks/sre2l_crop.py, 300 recover steps) crops lowered clean accuracy from 64.65 to
