@@ -15,6 +15,7 @@ RobustBench and torch are imported inside the functions, so importing this modul
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import warnings
 from pathlib import Path
@@ -126,14 +127,28 @@ def _guarded_loader(rb_eval, dataset: str, data_dir: str):
         rb_eval.load_clean_dataset = loader
 
 
+@contextlib.contextmanager
+def _seeded_autoattack(rb_eval, seed: int | None):
+    """Around ``benchmark``: it builds AutoAttack without a seed, and PyPI's AutoAttack then seeds
+    its random restarts from the clock; with ``seed`` the same model gives the same numbers."""
+    original = rb_eval.AutoAttack
+    if seed is not None:
+        rb_eval.AutoAttack = functools.partial(original, seed=seed)
+    try:
+        yield
+    finally:
+        rb_eval.AutoAttack = original
+
+
 def run_robustbench(model, *, dataset: str, threat_model: str, eps: float | None = None,
                     n_examples: int = 10000, data_dir: str = "./data", device: str = "cpu",
-                    batch_size: int = 500) -> dict:
+                    batch_size: int = 500, seed: int | None = 0) -> dict:
     """RobustBench's ``benchmark()`` on ``model`` (images in [0, 1] in, logits out).
 
     ``eps=None`` takes the leaderboard eps (:data:`LEADERBOARD_EPS`). Returns ``clean_acc`` and
     ``autoattack_acc`` as fractions in [0, 1], with ``n_examples``, ``eps``, ``dataset``,
-    ``threat_model`` and ``protocol``. robustbench prints its two accuracy lines to stdout; they are
+    ``threat_model`` and ``protocol``. ``seed`` seeds AutoAttack's random restarts, which
+    ``benchmark`` would seed from the clock (None: leave it so). robustbench prints its two accuracy lines to stdout; they are
     sent to stderr here, so that stdout carries only our own one-line result.
     """
     import torch
@@ -149,7 +164,8 @@ def run_robustbench(model, *, dataset: str, threat_model: str, eps: float | None
     import robustbench.eval as rb_eval
 
     model = model.eval()
-    with _guarded_loader(rb_eval, dataset, data_dir), contextlib.redirect_stdout(sys.stderr):
+    with _guarded_loader(rb_eval, dataset, data_dir), _seeded_autoattack(rb_eval, seed), \
+            contextlib.redirect_stdout(sys.stderr):
         clean_acc, robust_acc = benchmark(model, n_examples=n_examples, dataset=dataset,
                                           threat_model=threat_model, eps=eps, data_dir=data_dir,
                                           device=torch.device(device), batch_size=batch_size)
@@ -166,7 +182,8 @@ def run_autoattack_direct(model, images, labels, *, threat_model: str, eps: floa
     classified correctly both clean and after the attack. AutoAttack only attacks clean-correct
     points and keeps the clean image for a point no attack breaks, so a clean-wrong point stays
     wrong; the count here does not rely on that: it requires both. ``seed`` makes the attacks'
-    random restarts reproducible (robustbench's ``benchmark`` passes none: time-based).
+    random restarts reproducible (robustbench's ``benchmark`` passes none and would seed them from
+    the clock; :func:`run_robustbench` passes ours).
     ``dataset`` is only copied into the result.
     """
     import torch

@@ -200,7 +200,7 @@ def benchmark(distilled: DistilledSet | str | Path, config: RunConfig | dict | s
     if dataset in robustbench_datasets:
         result = rb.run_robustbench(model, dataset=dataset, threat_model=threat_model, eps=eps_value,
                                     n_examples=n_examples, data_dir=cfg.data.root or "./data",
-                                    device=str(device), batch_size=batch_size)
+                                    device=str(device), batch_size=batch_size, seed=cfg.seed)
     else:
         n = min(n_examples, test.images.shape[0])
         result = rb.run_autoattack_direct(model, test.images[:n].to(device), test.labels[:n].to(device),

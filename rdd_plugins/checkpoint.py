@@ -7,8 +7,6 @@ states, the iteration and the loss history, so a resumed run continues bit-ident
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -16,6 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import RddError
+from .storage import atomic_write
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
@@ -57,14 +56,8 @@ def save_checkpoint(folder: str | Path, *, iteration: int, state: dict, history:
                                f"a checkpoint cannot hold it") from None
             plain[key] = value
     doc = json.dumps({"iteration": iteration, "state": plain, "history": history, "fingerprint": fingerprint})
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".checkpoint.")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "rdd-checkpoint", "json": doc})
-        os.replace(tmp, folder / CHECKPOINT_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(folder / CHECKPOINT_FILE,
+                 lambda tmp: save_file(tensors, tmp, metadata={"format": "rdd-checkpoint", "json": doc}))
     return folder / CHECKPOINT_FILE
 
 

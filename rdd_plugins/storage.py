@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,17 +37,40 @@ class DistilledSet:
         return self.meta["dataset"]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write then rename, so an interrupted run never leaves a half-written file behind."""
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it over ``path``: an
+    interrupted run never leaves a half-written file. The data are flushed to disk before the
+    rename and the rename after it, so a power loss cannot leave an empty file where the previous
+    checkpoint was (a rename can reach the disk before the data it names)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        write(tmp)
+        _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync(path, flags: int) -> None:
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # some platforms cannot open a directory; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot sync a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -90,15 +114,7 @@ def save_distilled(folder: str | Path, images: torch.Tensor, labels: torch.Tenso
             tensors["crop_boxes"] = crop_boxes.detach().float().cpu().contiguous()
         _check_soft_labels(tensors["soft_labels"], tensors.get("crop_boxes"), images.shape[0], num_classes,
                            "distilled set")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".images.")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "rdd-distilled"})
-        os.replace(tmp, folder / IMAGES_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(folder / IMAGES_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "rdd-distilled"}))
     write_json(folder / META_FILE, {"format_version": FORMAT_VERSION, **meta})
     return folder
 

@@ -193,6 +193,35 @@ def test_cw_keeps_exactly_the_points_it_breaks_within_eps(trained):
     assert torch.equal(changed, fooled & (needed <= eps))
 
 
+class ShiftedLogits(nn.Module):
+    """The same classifier with every logit moved by ``shift``: same softmax, same decisions."""
+
+    def __init__(self, model, shift):
+        super().__init__()
+        self.model, self.shift = model, shift
+
+    def forward(self, x):
+        return self.model(x) + self.shift
+
+
+def test_cw_does_not_depend_on_the_sign_of_the_logits(trained):
+    # torchattacks' own margin reads masked zeros as logits: with all logits negative it has no
+    # gradient and breaks nothing. Ours must break the same points on a shifted copy of the model.
+    model, x, y = trained
+    x = x.clone()
+    x[:, :, :2] = 0.0  # saturated pixels, which torchattacks maps to an infinite tanh-space w
+    fooled = {}
+    for shift in (0.0, -100.0):
+        shifted = ShiftedLogits(model, shift).eval()
+        x_adv = create("cw", shifted, 100.0, steps=50, lr=0.05)(x, y)
+        with torch.no_grad():
+            fooled[shift] = shifted(x_adv).argmax(1) != y
+        assert torch.isfinite(x_adv).all()
+    # the same points up to float32 rounding of logits near -100 (torchattacks' own CW: 64 vs 6)
+    assert fooled[0.0].sum() >= 8
+    assert abs(int(fooled[0.0].sum()) - int(fooled[-100.0].sum())) <= 2
+
+
 def test_keep_within_budget_projects_float_overshoot_and_drops_the_rest():
     clean = torch.full((3, 1, 2, 2), 0.5)
     eps = 0.1
@@ -301,3 +330,15 @@ def test_autoattack_with_its_defaults_on_a_few_points(name, eps, trained):
     torch.manual_seed(0)
     pgd = create("pgd-l2" if name in L2_ATTACKS else "pgd", model, eps)(x, y)
     assert accuracy(model, x_adv, y) <= accuracy(model, pgd, y) < 1.0
+
+
+def test_attacks_leave_the_model_without_weight_gradients(trained):
+    # CW calls loss.backward(): without freezing, every weight would get a .grad from the attack
+    from rdd_plugins.evaluation.robust import robust_correct
+
+    model, x, y = trained
+    model.zero_grad(set_to_none=True)
+    correct = torch.ones(x.shape[0], dtype=torch.bool)
+    robust_correct(model, create("cw", model, 1.0, steps=5), x, y, correct, progress=False, eps=1.0,
+                   threat_model="L2")
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())

@@ -17,6 +17,27 @@ def test_dm_lowers_its_loss_and_keeps_images_in_range(make_config, tmp_path):
     assert ds.images.shape == (8, 1, 8, 8) and 0 <= float(ds.images.min()) and float(ds.images.max()) <= 1
 
 
+def test_dm_augments_as_dm_does_unless_told_not_to(make_config, monkeypatch):
+    from rdd_plugins.builtin.distillers.dsa import SiameseAugment
+
+    plain = rdd_plugins.distill(make_config(distiller="dm", params={"batch_real": 16, "strategy": "none"}),
+                                progress=False)
+    shapes = []
+    per_class = SiameseAugment.per_class
+
+    def recording(self, real, syn, mean, std):
+        shapes.append((tuple(real.shape), tuple(syn.shape)))
+        return per_class(self, real, syn, mean, std)
+
+    monkeypatch.setattr(SiameseAugment, "per_class", recording)
+    augmented = rdd_plugins.distill(make_config(distiller="dm", params={"batch_real": 16}), progress=False)
+    # every iteration augments every class's real and synthetic batch, and that changes the images
+    assert shapes == [((4, 16, 1, 8, 8), (4, 2, 1, 8, 8))] * 3
+    assert not torch.equal(plain.images, augmented.images)
+    with pytest.raises(rdd_plugins.RddError, match="dm: unknown transforms"):
+        rdd_plugins.get_registry().create("distillers", "dm", strategy="color_warp")
+
+
 def test_herding_indices_follow_the_mean():
     features = torch.tensor([[0.0, 0.0], [10.0, 0.0], [1.0, 1.0], [-1.0, -1.0], [0.0, 10.0]])
     # mean (2, 2): first the closest point (1, 1); then the pair whose average stays nearest.
@@ -51,15 +72,35 @@ def test_dsa_transforms_are_siamese_and_differentiable(transform):
 
     aug = SiameseAugment(transform)
     torch.manual_seed(0)
-    real = torch.rand(6, 1, 8, 8)
-    syn = real[:3].clone().requires_grad_(True)
+    image = torch.rand(1, 1, 8, 8)
+    real = image.expand(6, 1, 8, 8).clone()
+    syn = image.expand(3, 1, 8, 8).clone().requires_grad_(True)
     mean, std = torch.tensor(0.5).view(1, 1, 1, 1), torch.tensor(0.25).view(1, 1, 1, 1)
     real_out, syn_out = aug(real, syn, mean, std)
-    # the same sampled parameters for the real and the synthetic batch, index by index
+    # one parameter draw for every image of both batches (DSA's Siamese mode): equal images stay equal
+    torch.testing.assert_close(real_out, real_out[:1].expand_as(real_out))
     torch.testing.assert_close(syn_out.detach(), real_out[:3])
     assert not torch.allclose(real_out, real) or transform == "flip"
     (g,) = torch.autograd.grad(syn_out.sum(), syn)
     assert g.abs().sum() > 0
+
+
+def test_dsa_inner_loop_augments_each_image_on_its_own():
+    from rdd_plugins.builtin.distillers.dsa import SiameseAugment
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 8, 8).expand(6, 1, 8, 8)
+    mean, std = torch.tensor(0.5).view(1, 1, 1, 1), torch.tensor(0.25).view(1, 1, 1, 1)
+    out = SiameseAugment("scale").apply([x], mean, std, siamese=False)[0]
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_dsa_cutout_cuts_a_square_of_dsas_size():
+    aug = _augment()  # ratio 0.5: a 4 x 4 square on 8 x 8 images, centre at (cy, cx)
+    x = torch.ones(2, 1, 8, 8)
+    out = aug._apply_cutout(x, {"cy": torch.tensor([4, 0]), "cx": torch.tensor([4, 8])})
+    assert int((out[0] == 0).sum()) == 16 and out[0, 0, 2:6, 2:6].eq(0).all()
+    assert int((out[1] == 0).sum()) == 4 and out[1, 0, :2, 6:].eq(0).all()  # clipped at the corner
 
 
 def test_dsa_crop_is_a_zero_padded_translation():
@@ -143,3 +184,76 @@ def test_sre2l_crop_is_a_differentiable_seeded_resized_crop(make_config):
     assert torch.equal(full, images.detach()) or torch.equal(full, images.detach().flip(-1))
     with pytest.raises(rdd_plugins.RddError, match="crop_min_scale"):
         rdd_plugins.distill(make_config(distiller="sre2l", params={"crop_min_scale": 2.0}), progress=False)
+
+
+def _sre2l_context(make_config, regularizer="none"):
+    """A DistillContext-like object for calling sre2l's pieces directly."""
+    from types import SimpleNamespace
+
+    registry = rdd_plugins.get_registry()
+    cfg = make_config()
+    train = registry.create("datasets", "synthetic", None, "train", **cfg["data"]["params"])
+
+    def make_model():
+        torch.manual_seed(0)
+        return registry.create("backbones", "convnet", 1, 4, 8, train.mean, train.std, width=8, depth=2,
+                               norm="batch")
+
+    return SimpleNamespace(train=train, make_model=make_model, regularizer=registry.create("regularizers", regularizer),
+                           device=torch.device("cpu"), num_classes=4, ipc=2)
+
+
+def test_sre2l_squeeze_is_ordinary_training_with_batch_statistics(make_config):
+    # With no regularizer, squeeze must be the textbook loop: train mode (batch statistics in the
+    # loss and its gradient), SGD with momentum, the running statistics updated once per batch.
+    context = _sre2l_context(make_config)
+    distiller = rdd_plugins.get_registry().create("distillers", "sre2l", teacher_epochs=1, batch_size=32)
+    ours = context.make_model()
+    torch.manual_seed(1)
+    distiller._squeeze(ours, context)
+
+    reference = context.make_model().train()
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    torch.manual_seed(1)
+    order = torch.randperm(context.train.images.shape[0])
+    for start in range(0, order.numel(), 32):
+        idx = order[start:start + 32]
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(reference(context.train.images[idx]), context.train.labels[idx]).backward()
+        optimizer.step()
+    for (name, a), b in zip(ours.state_dict().items(), reference.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+
+
+def test_sre2l_squeeze_regularizer_passes_leave_the_running_statistics_alone(make_config):
+    # curvature runs the teacher at x and at x + z: only the clean batch may move the statistics
+    # (a guard on the buffer copies that let the regularizer run the teacher in train mode)
+    context = _sre2l_context(make_config, "curvature")
+    distiller = rdd_plugins.get_registry().create("distillers", "sre2l", teacher_epochs=1, batch_size=96)
+    teacher = context.make_model()
+    distiller._squeeze(teacher, context)
+    bn = next(m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert int(bn.num_batches_tracked) == 1  # 96 images in one batch: one update, not three
+
+
+def test_sre2l_recover_keeps_every_pixel_movable(make_config):
+    # The latent stays inside the [0, 1] box (projected after each step, as SRe2L clips), so no
+    # pixel sits behind a clamp with a zero gradient that Adam would never move again.
+    from rdd_plugins.builtin.distillers.common import dataset_stats
+
+    context = _sre2l_context(make_config)
+    context.real_batch = None
+    distiller = rdd_plugins.get_registry().create("distillers", "sre2l", teacher_epochs=1, batch_size=32,
+                                                  relabel_crops=0)
+    torch.manual_seed(0)
+    state = distiller.init(context)
+    mean, std = dataset_stats(context)
+    low, high = -mean / std, (1 - mean) / std
+    for _ in range(3):
+        assert ((state["latent"] >= low - 1e-6) & (state["latent"] <= high + 1e-6)).all()
+        before = state["latent"].clone()
+        distiller.step(state, context)
+        # Adam's first steps move every pixel the gradient reaches by about lr; only pixels on
+        # the box whose step points outwards stay put
+        on_box = (before <= low + 1e-6) | (before >= high - 1e-6)
+        assert (state["latent"] != before)[~on_box].float().mean() > 0.95

@@ -87,3 +87,24 @@ def test_looking_at_the_images_does_not_change_the_run(make_config):
     assert [s[3] for s in rec.steps] == [(8, 1, 8, 8)] * 4
     assert torch.equal(watched.images, unwatched.images)
     assert torch.equal(watched.soft_labels, unwatched.soft_labels)
+
+
+class RandomLogger:
+    """A plugin that draws from torch's global generator in every step (a sampler, a logger)."""
+
+    @rdd_plugins.hookimpl
+    def rdd_distill_step(self, step):
+        torch.rand(100)
+
+
+def test_a_plugin_drawing_random_numbers_does_not_change_the_run(make_config):
+    # The checkpoint holds the stream as it was before the hooks ran; were they not forked, a
+    # resumed run would see another stream than the one it continues.
+    cfg = make_config(iterations=3)
+    unwatched = rdd_plugins.distill(cfg, progress=False)
+    plugins.register_plugin(RandomLogger(), name="random-logger")
+    try:
+        watched = rdd_plugins.distill(cfg, progress=False)
+    finally:
+        plugins.unregister_plugin("random-logger")
+    assert torch.equal(watched.images, unwatched.images)

@@ -107,6 +107,7 @@ def test_vmap_and_loop_give_the_same_synthetic_gradients():
 def test_dc_loop_table():
     assert dc_loops(1) == (1, 1) and dc_loops(10) == (10, 50) and dc_loops(50) == (50, 10)
     assert dc_loops(15) == (10, 50) and dc_loops(100) == (50, 10)
+    assert dc_loops(2) == dc_loops(9) == (10, 50)  # no row in DC; IPC 1's (1, 1) would never train the net
 
 
 @pytest.mark.parametrize("regularizer", ["none", "curvature"])

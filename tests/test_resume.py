@@ -106,7 +106,8 @@ class Exploding:
         return state["images"].clamp(0, 1), labels
 
 
-def test_non_finite_state_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, make_config):
+@pytest.mark.parametrize("every, kept", [(1, 3), (2, 2)])
+def test_non_finite_state_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, make_config, every, kept):
     class Plugin:
         @rdd_plugins.hookimpl
         def rdd_register_distillers(self, register):
@@ -114,12 +115,13 @@ def test_non_finite_state_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
 
     rdd_plugins.plugins.register_plugin(Plugin(), name="exploding")
     try:
-        cfg = make_config(iterations=6, checkpoint_every=1, distiller="exploding", params={})
+        cfg = make_config(iterations=6, checkpoint_every=every, distiller="exploding", params={})
         with pytest.raises(RddError, match="iteration 3: non-finite state images") as err:
             rdd_plugins.distill(cfg, out=tmp_path, progress=False)
-        assert "last good checkpoint (iteration 3)" in str(err.value) and "\n" not in str(err.value)
+        # the message names the iteration the checkpoint on disk holds, not the last one finished
+        assert f"last good checkpoint (iteration {kept})" in str(err.value) and "\n" not in str(err.value)
         iteration, state, history, _ = load_checkpoint(tmp_path, torch.device("cpu"))
-        assert iteration == 3 and state["steps"] == 3 and len(history) == 3
+        assert iteration == kept and state["steps"] == kept and len(history) == kept
         assert torch.isfinite(state["images"]).all()
     finally:
         rdd_plugins.plugins.unregister_plugin("exploding")

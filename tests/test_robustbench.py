@@ -146,6 +146,26 @@ def test_run_robustbench_returns_the_result_dict(inject, capsys):
     assert "Clean accuracy" not in out.out and "Clean accuracy" in out.err  # stdout stays clean
 
 
+def test_run_robustbench_seeds_autoattack(inject, monkeypatch):
+    import robustbench.eval as rb_eval
+
+    seeds = []
+
+    class Recording(rb_eval.AutoAttack):
+        def __init__(self, *args, **kwargs):
+            seeds.append(kwargs.get("seed"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(rb_eval, "AutoAttack", Recording)
+    shape = (3, 32, 32)
+    model = linear_model(shape)
+    inject(*data_for(model, shape, wrong=3))
+    for seed in (7, None):
+        rbp.run_robustbench(model, dataset="cifar10", threat_model="Linf", n_examples=8, batch_size=4, seed=seed)
+    assert seeds == [7, None]  # robustbench itself passes no seed: the clock would pick one
+    assert rb_eval.AutoAttack is Recording  # put back afterwards
+
+
 def test_run_robustbench_refuses_unknown_dataset_and_missing_cifar(tmp_path):
     model = linear_model((3, 32, 32))
     with pytest.raises(RddError, match="fashion-mnist"):

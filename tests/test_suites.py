@@ -51,6 +51,11 @@ def not_a_number(model, eps):
     return lambda x, y: torch.full_like(x, float("nan"))
 
 
+def in_place(model, eps):
+    """Moves its input in place, far beyond eps, and returns that same tensor."""
+    return lambda x, y: x.add_(0.5).clamp_(0, 1)
+
+
 class FakeParts:
     @hookimpl
     def rdd_register_attacks(self, register):
@@ -59,6 +64,7 @@ class FakeParts:
         register("nudge-l2", nudge_l2, "test L2 attack")
         register("overshoot", overshoot, "leaves its eps ball")
         register("nan", not_a_number, "returns NaN images")
+        register("in-place", in_place, "perturbs its input tensor itself")
 
     @hookimpl
     def rdd_register_attack_suites(self, register):
@@ -123,6 +129,8 @@ def test_plan_mixes_a_suite_with_single_attacks_and_eps_lists(fake_parts):
     ({"suite": "broken"}, "did not return an AttackSuite"),
     ({"suite": "bad-eps"}, "unknown threat models linf"),
     ({"attacks": ["pgd"], "attack_params": {"stepz": 3}}, "unexpected keyword argument 'stepz'"),
+    ({"attacks": ["pgd"], "attack_params": {"steps": 0}}, "pgd: steps must be an integer >= 1"),
+    ({"suite": "quick", "attacks": ["square"], "attack_params": {"square": {"n_queries": 0.5}}}, "square: n_queries"),
     ({"attacks": ["fgsm"], "eps_l2": ["0.5"]}, "no L2 attack runs"),
     ({"attacks": ["fgsm"], "eps": ["8/255", "16/510"]}, "the same Linf eps twice"),
 ])
@@ -153,7 +161,8 @@ def test_cascade_attacks_only_survivors_and_reports_cumulative_accuracy(fake_par
 
 
 @pytest.mark.parametrize("attack, message", [("overshoot", "'t overshoot eps=4/255' left its Linf ball"),
-                                             ("nan", "'t nan eps=4/255' returned non-finite images")])
+                                             ("nan", "'t nan eps=4/255' returned non-finite images"),
+                                             ("in-place", "'t in-place eps=4/255' left its Linf ball")])
 def test_an_attack_leaving_its_eps_ball_stops_the_evaluation(fake_parts, attack, message):
     registry = rdd_plugins.get_registry()
     model, (x, y) = MeanThreshold().eval(), five_points()

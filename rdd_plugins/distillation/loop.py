@@ -52,6 +52,13 @@ def _non_finite(losses: dict[str, float], state: dict) -> str:
     return ", ".join(bad)
 
 
+def _forked_rng(device: torch.device):
+    """Plugins run under this: whatever they draw from torch's generators, the run's stream and
+    therefore resume (whose checkpoint holds the stream as it was before them) stay exact."""
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=cuda)
+
+
 def current_images(distiller, state: dict, context: DistillContext) -> tuple[torch.Tensor, torch.Tensor]:
     """Fresh copies of the images and labels so far, for a plugin watching the run.
 
@@ -59,9 +66,7 @@ def current_images(distiller, state: dict, context: DistillContext) -> tuple[tor
     teacher on every crop view), else the first two tensors of ``result``. Under a forked RNG, so a
     plugin that looks (or not) never changes the run's random stream, and resume stays exact.
     """
-    device = context.device
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
+    with _forked_rng(context.device):
         show = getattr(distiller, "preview", None)
         tensors = show(state, context) if show is not None else distiller.result(state, context)[:2]
         return tuple(t.detach().clone() for t in tensors)
@@ -107,6 +112,7 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
     else:
         state = distiller.init(context)
         completed, history = 0, []
+    saved = completed if resume else None  # the iteration the checkpoint on disk holds
     checkpointing = bool(out_dir and dcfg.checkpoint_every and iterations)
     interrupted = stopped_early = False
     try:
@@ -117,20 +123,23 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
                 losses = distiller.step(state, context)
                 bad = _non_finite(losses, state)
                 if bad:
-                    kept = f"; the last good checkpoint (iteration {completed}) is kept" if checkpointing else ""
+                    kept = f"; the last good checkpoint (iteration {saved}) is kept" if saved is not None else ""
                     raise RddError(f"iteration {it}: non-finite {bad}{kept}; lower the learning rates")
                 history.append({"iteration": it, "seconds": round(time.perf_counter() - t0, 4), **losses})
                 completed = it + 1
                 if checkpointing and (completed % dcfg.checkpoint_every == 0 or completed == iterations):
                     save_checkpoint(out_dir, iteration=completed, state=state, history=history,
                                     fingerprint=fingerprint)
+                    saved = completed
                 pbar.update(1)
                 pbar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
                 view = DistillStep(iteration=completed, iterations=iterations, losses=dict(losses),
                                    # a fresh copy per call: a plugin that mutates it cannot touch the run
                                    seconds=history[-1]["seconds"], config=config.to_dict(),
                                    images=lambda: current_images(distiller, state, context))
-                if any(r is True for r in notify("rdd_distill_step", step=view)):
+                with _forked_rng(device):
+                    answers = notify("rdd_distill_step", step=view)
+                if any(r is True for r in answers):
                     stopped_early = True
                     break
     except KeyboardInterrupt:

@@ -20,9 +20,13 @@ from .autodiff import grad
 from .contract import Gradients, LossFn, Regularizer
 
 
-def make_loss_fn(model: nn.Module) -> LossFn:
-    """Cross-entropy of ``model`` as a pure function of (params, images, labels)."""
-    buffers = dict(model.named_buffers())
+def make_loss_fn(model: nn.Module, buffers: dict[str, torch.Tensor] | None = None) -> LossFn:
+    """Cross-entropy of ``model`` as a pure function of (params, images, labels).
+
+    ``buffers`` (default: the model's own) are the BatchNorm statistics the passes read and, in
+    train mode, update in place.
+    """
+    buffers = dict(model.named_buffers()) if buffers is None else buffers
 
     def loss_fn(params: dict, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = functional_call(model, (params, buffers), (images,))

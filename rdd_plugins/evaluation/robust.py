@@ -6,6 +6,7 @@ clean-correct points are attacked at all (a wrong point cannot become robust).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -60,6 +61,20 @@ def check_budget(x: torch.Tensor, x_adv: torch.Tensor, eps: float, threat_model:
                        f"{float(size.max()):.6g} > eps {eps:.6g}")
 
 
+@contextlib.contextmanager
+def frozen_weights(model: nn.Module):
+    """Attacks need gradients with respect to the images only. Some (CW, FAB) call
+    ``loss.backward()``, which would also compute every weight gradient and leave it in ``.grad``."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
 def robust_correct(model: nn.Module, attack: Callable, images: torch.Tensor, labels: torch.Tensor,
                    correct: torch.Tensor, batch_size: int = 500, progress: bool = True,
                    desc: str = "attack", eps: float | None = None, threat_model: str = "Linf") -> torch.Tensor:
@@ -70,17 +85,20 @@ def robust_correct(model: nn.Module, attack: Callable, images: torch.Tensor, lab
     model.eval()  # attacks must see the deployed model (no dropout, frozen BN statistics)
     out = torch.zeros_like(correct)
     idx = torch.nonzero(correct).flatten()
-    for start in bar(range(0, idx.numel(), batch_size), desc=desc, enabled=progress):
-        sel = idx[start:start + batch_size]
-        x, y = images[sel], labels[sel]
-        x_adv = attack(x, y)
-        if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
-            raise RddError(f"attack {desc!r} returned a batch of another shape than its input")
-        x_adv = x_adv.detach()
-        if eps is None:
-            if not torch.isfinite(x_adv).all() or float(x_adv.min()) < 0.0 or float(x_adv.max()) > 1.0:
-                raise RddError(f"attack {desc!r} returned images outside [0, 1]")
-        else:
-            check_budget(x, x_adv, eps, threat_model, desc)
-        out[sel] = predict(model, x_adv, batch_size) == y
+    with frozen_weights(model):
+        for start in bar(range(0, idx.numel(), batch_size), desc=desc, enabled=progress):
+            sel = idx[start:start + batch_size]
+            x, y = images[sel], labels[sel]
+            # copies: an attack that perturbs its input in place must not move the reference the
+            # budget check measures against
+            x_adv = attack(x.clone(), y.clone())
+            if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
+                raise RddError(f"attack {desc!r} returned a batch of another shape than its input")
+            x_adv = x_adv.detach()
+            if eps is None:
+                if not torch.isfinite(x_adv).all() or float(x_adv.min()) < 0.0 or float(x_adv.max()) > 1.0:
+                    raise RddError(f"attack {desc!r} returned images outside [0, 1]")
+            else:
+                check_budget(x, x_adv, eps, threat_model, desc)
+            out[sel] = predict(model, x_adv, batch_size) == y
     return out

@@ -2,7 +2,9 @@
 
 Every (backbone, seed) result is written as JSON as soon as it is done, under a key that covers
 everything its numbers depend on: the resolved config, the device it ran on ("auto" resolved),
-the set's tensors, the test split, the backbone and the seed. Rerunning the same evaluation into the same folder reuses the
+the set's tensors, the test split, the backbone, the seed, and the versions of the packages that
+compute them (an upgraded torch or torchattacks computes afresh; a change to this repository's
+code under the same version number does not: start a fresh folder after one). Rerunning the same evaluation into the same folder reuses the
 results whose key matches; since each model is seeded, the finished report is the one an
 uninterrupted run writes. A file with another key, or unreadable, is simply computed again.
 """
@@ -14,6 +16,7 @@ import json
 from pathlib import Path
 
 from ..storage import DistilledSet, write_json
+from ..versions import package_versions
 
 
 def set_digest(distilled: DistilledSet) -> str:
@@ -31,7 +34,7 @@ class SeedCache:
 
     def __init__(self, folder: str | Path, config: dict, set_sha: str, test: tuple) -> None:
         self.folder = Path(folder)
-        self.base = {"config": config, "set": set_sha, "test": list(test)}
+        self.base = {"config": config, "set": set_sha, "test": list(test), "versions": package_versions()}
 
     def _key(self, backbone: str, backbone_params: dict, seed: int) -> str:
         doc = {**self.base, "backbone": backbone, "backbone_params": backbone_params, "seed": seed}

@@ -86,6 +86,20 @@ def _split_params(attack_params: dict, names: list[str]) -> dict[str, dict]:
     return per
 
 
+def _check_values(registry: Registry, name: str, params: dict, eps: float) -> None:
+    """Builds the attack once without a model: parameters it does not take fail (the registry's
+    check), and so do bad values (``steps = 0``) in factories that check them and build their
+    attack on first use, as ours do. A factory that needs a real model fails here for that reason,
+    not its values, and is checked when it gets one. Every attack factory, a plugin's too, is thus
+    called once while the plan is made."""
+    try:
+        registry.create("attacks", name, None, eps, **params)
+    except RddError:
+        raise
+    except Exception:  # noqa: BLE001 - needs a model; its values are checked when it gets one
+        pass
+
+
 def plan_attacks(registry: Registry, *, suite: str = "", attacks: list[str] | None = None,
                  attack_params: dict | None = None, eps: list | None = None,
                  eps_l2: list | None = None, cascade: str = "auto") -> tuple[list[PlannedAttack], bool]:
@@ -122,6 +136,8 @@ def plan_attacks(registry: Registry, *, suite: str = "", attacks: list[str] | No
     plan = []
     for name, params in specs:
         params = {**params, **user.get(name, {})}
-        registry.check("attacks", name, None, 0.0, **params)  # a parameter typo fails before training
+        # a parameter typo or a bad value fails before training, not after it
+        radii = grid[threats[name]]
+        _check_values(registry, name, params, parse_eps(radii[0], threats[name]) if radii else 0.0)
         plan.append(PlannedAttack(name, params, threats[name], grid[threats[name]]))
     return plan, cascade_on

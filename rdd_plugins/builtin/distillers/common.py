@@ -28,6 +28,11 @@ def random_real_indices(context: DistillContext, per_class: int, who: str) -> to
     return torch.cat([ix[torch.randperm(len(ix), device=ix.device)[:per_class]] for ix in context.class_indices])
 
 
+def project_to_pixels(latent: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """A latent in normalized units (x - mean) / std, projected onto the [0, 1] pixel box."""
+    return torch.max(torch.min(latent, (1 - mean) / std), -mean / std)
+
+
 class SyntheticImages:
     """IPC images per class, optimised by SGD with momentum in normalized units (x - mean) / std.
 
@@ -59,9 +64,7 @@ class SyntheticImages:
                 "labels": class_major_labels(k, ipc, context.device)}
 
     def _project(self, latent, mean, std):
-        if not self.clamp:
-            return latent
-        return torch.max(torch.min(latent, (1 - mean) / std), -mean / std)
+        return project_to_pixels(latent, mean, std) if self.clamp else latent
 
     def leaf(self, state: dict, context: DistillContext) -> tuple[torch.Tensor, torch.Tensor]:
         """(latent leaf requiring grad, pixel images (K, IPC, C, H, W) differentiable w.r.t. it)."""

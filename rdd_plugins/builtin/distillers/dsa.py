@@ -19,36 +19,46 @@ TRANSFORMS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 class SiameseAugment:
     """DSA's differentiable augmentations with DSA's default parameters, in normalized units.
 
-    One transform is drawn per call (DSA's mode 'S'); its per-sample parameters are drawn once for
-    the larger batch and shared by index between the real and the synthetic batch (DSA shares one
-    seed between them). Images are augmented as (x - mean) / std, the units DSA's parameters are
-    defined in, and mapped back to pixels.
+    One transform is drawn per call (DSA's mode 'S'). Siamese calls (a class's real and synthetic
+    batch) draw one set of parameters and apply it to every image of both batches, as DSA's code
+    does when seeded (``Siamese``: every sample takes the first sample's draw); the inner loop's
+    unpaired calls draw per sample (DSA's ``seed=-1``). Images are augmented as (x - mean) / std,
+    the units DSA's parameters are defined in, and mapped back to pixels.
     """
 
     def __init__(self, strategy: str = DSA_STRATEGY, *, prob_flip: float = 0.5, ratio_scale: float = 1.2,
                  ratio_rotate: float = 15.0, ratio_crop_pad: float = 0.125, ratio_cutout: float = 0.5,
-                 brightness: float = 1.0, saturation: float = 2.0, contrast: float = 0.5) -> None:
+                 brightness: float = 1.0, saturation: float = 2.0, contrast: float = 0.5, who: str = "dsa") -> None:
         self.transforms = strategy.split("_")
         unknown = [t for t in self.transforms if t not in TRANSFORMS]
         if unknown or not self.transforms:
-            raise RddError(f"dsa: unknown transforms {unknown} in strategy {strategy!r}; known: {', '.join(TRANSFORMS)}")
+            raise RddError(f"{who}: unknown transforms {unknown} in strategy {strategy!r}; known: {', '.join(TRANSFORMS)}")
         self.prob_flip, self.ratio_scale, self.ratio_rotate = prob_flip, ratio_scale, ratio_rotate
         self.ratio_crop_pad, self.ratio_cutout = ratio_crop_pad, ratio_cutout
         self.brightness, self.saturation, self.contrast = brightness, saturation, contrast
 
     def __call__(self, real: torch.Tensor, syn: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
-        """Augment one class's real (B, C, H, W) and synthetic (S, C, H, W) batches alike."""
-        return tuple(self.apply([real, syn], mean, std))
+        """Augment one class's real (B, C, H, W) and synthetic (S, C, H, W) batches with one and
+        the same transform."""
+        return tuple(self.apply([real, syn], mean, std, siamese=True))
 
-    def apply(self, batches: list[torch.Tensor], mean: torch.Tensor, std: torch.Tensor) -> list[torch.Tensor]:
-        """One drawn transform with per-index shared parameters applied to every batch."""
-        n = max(x.shape[0] for x in batches)
+    def per_class(self, real: torch.Tensor, syn: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
+        """Real (K, B, ...) and synthetic (K, S, ...) batches, each class's pair under its own draw."""
+        pairs = [self(real[k], syn[k], mean, std) for k in range(real.shape[0])]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    def apply(self, batches: list[torch.Tensor], mean: torch.Tensor, std: torch.Tensor, *,
+              siamese: bool) -> list[torch.Tensor]:
+        """One drawn transform applied to every batch: with ``siamese`` one parameter draw for all
+        images, otherwise one per image (then ``batches`` holds a single batch)."""
+        if not siamese and len(batches) != 1:
+            raise ValueError("per-sample draws augment one batch")
         name = self.transforms[int(torch.randint(len(self.transforms), (1,)))]
-        params = getattr(self, f"_draw_{name}")(n, batches[0])
+        params = getattr(self, f"_draw_{name}")(1 if siamese else batches[0].shape[0], batches[0])
         out = []
         for x in batches:
             z = (x - mean) / std
-            z = getattr(self, f"_apply_{name}")(z, {k: v[: x.shape[0]] for k, v in params.items()})
+            z = getattr(self, f"_apply_{name}")(z, {k: v.expand(x.shape[0], *v.shape[1:]) for k, v in params.items()})
             out.append(z * std + mean)
         return out
 
@@ -108,16 +118,25 @@ class SiameseAugment:
         flat = (ys * w + xs).view(n, 1, h * w).expand(n, c, h * w)
         return torch.gather(x.reshape(n, c, h * w), 2, flat).view(n, c, h, w) * valid
 
+    def _cutout_size(self, h, w):
+        return int(h * self.ratio_cutout + 0.5), int(w * self.ratio_cutout + 0.5)
+
     def _draw_cutout(self, n, ref):
+        # DSA's geometry: a ch x cw square whose centre ranges over [0, h + 1 - ch % 2), cut where
+        # it overlaps the image
         h, w = ref.shape[2:]
-        return {"cy": torch.randint(0, h, (n,), device=ref.device), "cx": torch.randint(0, w, (n,), device=ref.device)}
+        ch, cw = self._cutout_size(h, w)
+        return {"cy": torch.randint(0, h + 1 - ch % 2, (n,), device=ref.device),
+                "cx": torch.randint(0, w + 1 - cw % 2, (n,), device=ref.device)}
 
     def _apply_cutout(self, x, p):
         n, _, h, w = x.shape
-        ch, cw = int(h * self.ratio_cutout + 0.5), int(w * self.ratio_cutout + 0.5)
+        ch, cw = self._cutout_size(h, w)
+        top = (p["cy"] - ch // 2).view(n, 1, 1)
+        left = (p["cx"] - cw // 2).view(n, 1, 1)
         ys = torch.arange(h, device=x.device).view(1, h, 1)
         xs = torch.arange(w, device=x.device).view(1, 1, w)
-        inside = ((ys - p["cy"].view(n, 1, 1)).abs() <= ch // 2) & ((xs - p["cx"].view(n, 1, 1)).abs() <= cw // 2)
+        inside = (ys >= top) & (ys < top + ch) & (xs >= left) & (xs < left + cw)
         return x * (~inside).unsqueeze(1)
 
 
@@ -133,10 +152,8 @@ class DifferentiableSiameseAugmentation(GradientMatching):
         self.augment = SiameseAugment(strategy)
 
     def prepare_batches(self, real_x, syn, context: DistillContext):
-        mean, std = dataset_stats(context)
-        pairs = [self.augment(real_x[k], syn[k], mean, std) for k in range(real_x.shape[0])]
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        return self.augment.per_class(real_x, syn, *dataset_stats(context))
 
     def train_batch(self, images, context: DistillContext):
         mean, std = dataset_stats(context)
-        return self.augment.apply([images], mean, std)[0]
+        return self.augment.apply([images], mean, std, siamese=False)[0]

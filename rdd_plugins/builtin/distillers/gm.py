@@ -16,8 +16,15 @@ DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 5
 
 
 def dc_loops(ipc: int) -> tuple[int, int]:
-    """DC's table; between its rows, the row of the largest IPC not above ``ipc``."""
-    return DC_LOOPS[max(k for k in DC_LOOPS if k <= ipc)]
+    """DC's table; between its rows, the row of the largest IPC not above ``ipc``, except that
+    IPC 2-9 (no row in DC, which refuses them) take IPC 10's: IPC 1's (1, 1) never trains the
+    network between matching steps, which DC does only because one image per class allows nothing
+    else."""
+    if ipc < 1:
+        raise RddError(f"ipc must be >= 1, got {ipc}")
+    if ipc == 1:
+        return DC_LOOPS[1]
+    return DC_LOOPS[max(k for k in DC_LOOPS if k <= max(ipc, 10))]
 
 
 def _has_batch_norm(model: nn.Module) -> bool:

@@ -13,7 +13,7 @@ from ...crops import apply_crop_boxes, sample_crop_boxes
 from ...distillation.contract import DistillContext
 from ...distillation.matching import make_loss_fn, trainable_params
 from ...errors import RddError
-from .common import class_major_labels, dataset_stats
+from .common import class_major_labels, dataset_stats, project_to_pixels
 
 
 def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -46,11 +46,13 @@ def random_resized_crop(images: torch.Tensor, min_scale: float) -> torch.Tensor:
 
 
 class SqueezeRecoverRelabel:
-    """Squeeze: train a teacher on the real data for ``teacher_epochs`` (SGD, momentum 0.9), its loss
-    regularized by the run's regularizer (``none``: SRe2L; ``curvature`` / ``cure``: GUARD).
+    """Squeeze: train a teacher on the real data for ``teacher_epochs`` (SGD, momentum 0.9, BatchNorm
+    in train mode), its loss regularized by the run's regularizer (``none``: SRe2L; ``curvature`` /
+    ``cure``: GUARD).
     Recover: each iteration is one Adam step (lr 0.25, betas 0.5/0.9, SRe2L's) on all synthetic
     images, from noise, minimising cross-entropy of the teacher plus ``r_bn`` × the distance of the
-    images' per-layer BatchNorm statistics to the teacher's running statistics.
+    images' per-layer BatchNorm statistics to the teacher's running statistics; after each step
+    the images are projected onto [0, 1] (SRe2L's clip).
     Relabel: the teacher's logits on the final images become soft labels; evaluation then trains
     with knowledge distillation on them (``evaluate.kd_temperature``). With ``relabel_crops`` = R > 0
     (default 50) it is SRe2L/FKD's per-crop relabelling: R random-resized-crop views per image (area
@@ -97,7 +99,8 @@ class SqueezeRecoverRelabel:
         self._squeeze(teacher, context)
         k, ipc = context.num_classes, context.ipc
         c, (h, w) = context.train.channels, context.train.image_size
-        latent = torch.randn(k * ipc, c, h, w, device=context.device)
+        mean, std = dataset_stats(context)
+        latent = project_to_pixels(torch.randn(k * ipc, c, h, w, device=context.device), mean, std)
         state = {f"teacher.{name}": t.detach().clone() for name, t in teacher.state_dict().items()}
         state.update(latent=latent, adam_m=torch.zeros_like(latent), adam_v=torch.zeros_like(latent), adam_t=0,
                      labels=class_major_labels(k, ipc, context.device))
@@ -109,20 +112,20 @@ class SqueezeRecoverRelabel:
         images, labels = context.train.images, context.train.labels
         params = trainable_params(teacher)
         optimizer = torch.optim.SGD(params.values(), lr=self.teacher_lr, momentum=0.9, weight_decay=5e-4)
+        teacher.train()  # batch statistics, as SRe2L trains its teacher
         for _ in range(self.teacher_epochs):
             order = torch.randperm(images.shape[0], device=images.device)
             for start in range(0, images.shape[0], self.batch_size):
                 idx = order[start:start + self.batch_size]
-                # BatchNorm statistics update in an ordinary forward; the regularizer's functional
-                # passes then use those running statistics' batch as given.
-                teacher.train()
-                with torch.no_grad():
-                    teacher(images[idx])
-                for m in _batch_norms(teacher):
-                    m.eval()
-                grads = context.regularizer.parameter_gradient(make_loss_fn(teacher),
+                # The regularizer may run the loss several times (x, x + z, PGD steps): each pass
+                # updates a copy of the running statistics, and one ordinary forward on the clean
+                # batch then updates the teacher's own, once, as a plain training step would.
+                copies = {name: b.clone() for name, b in teacher.named_buffers()}
+                grads = context.regularizer.parameter_gradient(make_loss_fn(teacher, copies),
                                                                 {n: p.detach() for n, p in params.items()},
                                                                 images[idx], labels[idx])
+                with torch.no_grad():
+                    teacher(images[idx])
                 for name, p in params.items():
                     p.grad = grads[name]
                 optimizer.step()
@@ -136,7 +139,10 @@ class SqueezeRecoverRelabel:
                  for m in _batch_norms(teacher)]
         mean, std = dataset_stats(context)
         latent = state["latent"].detach().requires_grad_(True)
-        images = (latent * std + mean).clamp(0, 1)
+        # No clamp here: it would give every pixel outside [0, 1] a zero gradient, and Adam would
+        # never move it again. The latent is projected onto the pixel box after each step instead
+        # (SRe2L's clip), so the teacher only ever sees [0, 1] images.
+        images = latent * std + mean
         if self.crop_min_scale > 0:
             images = random_resized_crop(images, self.crop_min_scale)
         try:
@@ -156,7 +162,7 @@ class SqueezeRecoverRelabel:
             state["adam_v"].mul_(0.9).addcmul_(g, g, value=0.1)
             m_hat = state["adam_m"] / (1 - 0.5 ** t)
             v_hat = state["adam_v"] / (1 - 0.9 ** t)
-            state["latent"] = latent.detach() - self.lr_img * m_hat / (v_hat.sqrt() + 1e-8)
+            state["latent"] = project_to_pixels(latent.detach() - self.lr_img * m_hat / (v_hat.sqrt() + 1e-8), mean, std)
         return {"recover_loss": loss.item(), "ce": ce.item()}
 
     def preview(self, state: dict, context: DistillContext):
