@@ -58,14 +58,15 @@ class SqueezeRecoverRelabel:
     (default 50) it is SRe2L/FKD's per-crop relabelling: R random-resized-crop views per image (area
     fraction in [``relabel_min_scale``, 1], SRe2L's 0.08 by default; flips), each with the teacher's
     logits on that view; evaluation trains epoch e on view e mod R. ``relabel_crops = 0``: one label
-    per image, the teacher's on the whole image. On Fashion-MNIST (benchmarks/guard_sre2l.py) the
-    views raised clean accuracy from 64.65 to 73.20 (R = 50); R = 300 did not do better and min
+    per image, the teacher's on the whole image. On Fashion-MNIST (benchmarks/guard_sre2l.py, with
+    the eval-mode-BatchNorm teacher of before the README's commit 6ad455a) the views raised clean
+    accuracy from 64.65 to 73.20 (R = 50); R = 300 did not do better and min
     scale 0.5 half a point, so the defaults are SRe2L's, with R = 50 keeping the stored labels small
     (N x 50 x classes). The views are drawn from a generator seeded once at init, so they do not
     depend on when the result is taken (resume stays exact).
     ``crop_min_scale`` > 0 applies SRe2L's random-resized-crop and flip to the synthetic batch
     before the teacher at every recover step. The default is 0 (none): on Fashion-MNIST at a CPU
-    budget (benchmarks/sre2l_crop.py, 300 recover steps) crops lowered clean accuracy from 64.65 to
+    budget (benchmarks/sre2l_crop.py, 300 recover steps, the same earlier teacher) crops lowered clean accuracy from 64.65 to
     60.40 (min scale 0.5) and 52.30 (0.08, SRe2L's ImageNet value). The backbone needs BatchNorm
     (``--set backbone.params.norm="batch"`` for convnet).
     """
