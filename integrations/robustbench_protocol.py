@@ -148,8 +148,9 @@ def run_robustbench(model, *, dataset: str, threat_model: str, eps: float | None
     ``eps=None`` takes the leaderboard eps (:data:`LEADERBOARD_EPS`). Returns ``clean_acc`` and
     ``autoattack_acc`` as fractions in [0, 1], with ``n_examples``, ``eps``, ``dataset``,
     ``threat_model`` and ``protocol``. ``seed`` seeds AutoAttack's random restarts, which
-    ``benchmark`` would seed from the clock (None: leave it so). robustbench prints its two accuracy lines to stdout; they are
-    sent to stderr here, so that stdout carries only our own one-line result.
+    ``benchmark`` would seed from the clock (None: leave it so). robustbench prints its two
+    accuracy lines to stdout; they are sent to stderr here, so that stdout carries only our own
+    one-line result.
     """
     import torch
 
