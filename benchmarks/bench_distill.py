@@ -53,6 +53,13 @@ ROWS = {
 }
 
 
+def peak_mib(device: torch.device) -> float:
+    """CUDA max_memory_allocated, or the process's peak RSS on CPU, in MiB."""
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return peak / 2**20
+
+
 def dc_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """DC's 'ours' distance for one parameter, written from its definition."""
     if a.dim() == 1:
@@ -165,9 +172,7 @@ def measure(row: str, setting: str, device_name: str, repeats: int, dc_repo: str
         step()
         sync()
         times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"row": row, "median_s": statistics.median(times), "peak_mib": peak / 2**20, "device": str(device),
+    return {"row": row, "median_s": statistics.median(times), "peak_mib": peak_mib(device), "device": str(device),
             **extra}
 
 

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_distill import ROWS, SETTINGS  # noqa: E402  (one definition of the rows and settings)
+from bench_distill import ROWS, SETTINGS, peak_mib  # noqa: E402  (one definition of the rows and settings)
 
 import rdd_plugins  # noqa: E402
 from rdd_plugins.builtin.distillers import dc_loops  # noqa: E402
@@ -82,10 +81,9 @@ def measure(row: str, setting: str, dataset: str, device_name: str, repeats: int
     finally:
         unregister_plugin("bench-iteration-timer")
     device = resolve_device(device_name)
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     counted = timer.seconds[1:]
     return {"row": row, "median_s": statistics.median(counted), "all_s": timer.seconds,
-            "peak_mib": peak / 2**20, "device": str(device)}
+            "peak_mib": peak_mib(device), "device": str(device)}
 
 
 def main() -> None:
@@ -123,7 +121,8 @@ def main() -> None:
         ratio = f"{r['median_s'] / base:.2f}" if base else "-"
         print(f"| {row} | {r['median_s']:.2f} | {ratio} | {r['peak_mib']:.0f} |")
     if "gm+curvature" in results and "gm+adversarial" in results:
-        print(f"adversarial / curvature: {results['gm+adversarial']['median_s'] / results['gm+curvature']['median_s']:.2f}")
+        ratio = results["gm+adversarial"]["median_s"] / results["gm+curvature"]["median_s"]
+        print(f"adversarial / curvature: {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ Every (backbone, seed) result is written as JSON as soon as it is done, under a 
 everything its numbers depend on: the resolved config, the device it ran on ("auto" resolved),
 the set's tensors, the test split, the backbone, the seed, and the versions of the packages that
 compute them (an upgraded torch or torchattacks computes afresh; a change to this repository's
-code under the same version number does not: start a fresh folder after one). Rerunning the same evaluation into the same folder reuses the
-results whose key matches; since each model is seeded, the finished report is the one an
-uninterrupted run writes. A file with another key, or unreadable, is simply computed again.
+code under the same version number does not: start a fresh folder after one). Rerunning the same
+evaluation into the same folder reuses the results whose key matches; since each model is seeded,
+the finished report is the one an uninterrupted run writes. A file with another key, or
+unreadable, is simply computed again.
 """
 
 from __future__ import annotations

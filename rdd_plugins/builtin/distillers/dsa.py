@@ -32,7 +32,8 @@ class SiameseAugment:
         self.transforms = strategy.split("_")
         unknown = [t for t in self.transforms if t not in TRANSFORMS]
         if unknown or not self.transforms:
-            raise RddError(f"{who}: unknown transforms {unknown} in strategy {strategy!r}; known: {', '.join(TRANSFORMS)}")
+            raise RddError(f"{who}: unknown transforms {unknown} in strategy {strategy!r}; "
+                           f"known: {', '.join(TRANSFORMS)}")
         self.prob_flip, self.ratio_scale, self.ratio_rotate = prob_flip, ratio_scale, ratio_rotate
         self.ratio_crop_pad, self.ratio_cutout = ratio_crop_pad, ratio_cutout
         self.brightness, self.saturation, self.contrast = brightness, saturation, contrast

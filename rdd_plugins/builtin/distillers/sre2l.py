@@ -66,9 +66,9 @@ class SqueezeRecoverRelabel:
     depend on when the result is taken (resume stays exact).
     ``crop_min_scale`` > 0 applies SRe2L's random-resized-crop and flip to the synthetic batch
     before the teacher at every recover step. The default is 0 (none): on Fashion-MNIST at a CPU
-    budget (benchmarks/sre2l_crop.py, 300 recover steps, the same earlier teacher) crops lowered clean accuracy from 64.65 to
-    60.40 (min scale 0.5) and 52.30 (0.08, SRe2L's ImageNet value). The backbone needs BatchNorm
-    (``--set backbone.params.norm="batch"`` for convnet).
+    budget (benchmarks/sre2l_crop.py, 300 recover steps, the same earlier teacher) crops lowered
+    clean accuracy from 64.65 to 60.40 (min scale 0.5) and 52.30 (0.08, SRe2L's ImageNet value). The
+    backbone needs BatchNorm (``--set backbone.params.norm="batch"`` for convnet).
     """
 
     iterations_needed = True
@@ -163,7 +163,8 @@ class SqueezeRecoverRelabel:
             state["adam_v"].mul_(0.9).addcmul_(g, g, value=0.1)
             m_hat = state["adam_m"] / (1 - 0.5 ** t)
             v_hat = state["adam_v"] / (1 - 0.9 ** t)
-            state["latent"] = project_to_pixels(latent.detach() - self.lr_img * m_hat / (v_hat.sqrt() + 1e-8), mean, std)
+            stepped = latent.detach() - self.lr_img * m_hat / (v_hat.sqrt() + 1e-8)
+            state["latent"] = project_to_pixels(stepped, mean, std)
         return {"recover_loss": loss.item(), "ce": ce.item()}
 
     def preview(self, state: dict, context: DistillContext):
