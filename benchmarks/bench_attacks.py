@@ -17,12 +17,13 @@ import time
 import torch
 
 from rdd_plugins.config import resolve
-from rdd_plugins.distillation.loop import model_factory, run_distillation
-from rdd_plugins.evaluation.pipeline import load_test_split, run_attacks
+from rdd_plugins.distillation.loop import run_distillation
+from rdd_plugins.evaluation.pipeline import run_attacks
 from rdd_plugins.evaluation.robust import clean_correct
 from rdd_plugins.evaluation.suites import plan_attacks
 from rdd_plugins.evaluation.train import train_model
 from rdd_plugins.plugins import get_registry
+from rdd_plugins.run.parts import load_test_split, model_factory
 from rdd_plugins.runtime import prepare_device
 from rdd_plugins.storage import load_distilled
 

@@ -124,7 +124,7 @@ def dc_code_row(dc_repo: str, net, setting: dict, device, real_x, real_y, syn, s
 
 def measure(row: str, setting: str, device_name: str, repeats: int, dc_repo: str | None = None) -> dict:
     import rdd_plugins
-    from rdd_plugins.config import resolve_device
+    from rdd_plugins.runtime import resolve_device
     from rdd_plugins.distillation.matching import make_loss_fn, matching_loss, trainable_params, use_vmap
     from rdd_plugins.runtime import prepare_device
 

@@ -13,7 +13,8 @@ import time
 
 from rdd_plugins.config import merge, resolve
 from rdd_plugins.distillation.loop import run_distillation
-from rdd_plugins.evaluation.pipeline import evaluate_set, load_test_split
+from rdd_plugins.evaluation.pipeline import evaluate_set
+from rdd_plugins.run.parts import load_test_split
 from rdd_plugins.plugins import get_registry
 from rdd_plugins.quickstart import QUICKSTART
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rdd_plugins.errors import RddError
 from rdd_plugins.evaluation.suites import THREAT_MODELS
+from rdd_plugins.progress import bar, progress_wanted
 
 ROBUSTBENCH_FIX = "pip install --force-reinstall --no-deps robustbench==1.1.1"
 PROTOCOL = "robustbench.eval.benchmark (AutoAttack standard, first n test points in order)"
@@ -127,13 +128,83 @@ def _guarded_loader(rb_eval, dataset: str, data_dir: str):
         rb_eval.load_clean_dataset = loader
 
 
+def _run_name(attribute: str, component) -> str:
+    """The name AutoAttack's cascade gives the run of ``component`` (``adversary.<attribute>``)."""
+    if attribute == "apgd":
+        return f"apgd-{component.loss}"  # the cascade sets the loss before each run: ce or dlr
+    if attribute == "fab":
+        return "fab-t" if component.targeted else "fab"
+    return {"apgd_targeted": "apgd-t", "square": "square"}[attribute]
+
+
+class _CascadeProgress:
+    """One bar per attack of AutoAttack's cascade, counting the points that attack has attacked.
+
+    The cascade is a single call into pyautoattack; the only seam inside it is each attack's
+    ``perturb``, called once per batch, which is wrapped to count the batch after it returns. The
+    attacks get the same inputs and draw the same random numbers, so no result changes.
+    """
+
+    _COMPONENTS = ("apgd", "apgd_targeted", "fab", "square")
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar, self._running = None, None
+
+    def watch(self, adversary):
+        """``adversary`` with its attacks counted (the wrappers live on this instance only)."""
+        for attribute in self._COMPONENTS:
+            component = getattr(adversary, attribute)
+            component.perturb = self._counted(adversary, attribute, component, component.perturb)
+        return adversary
+
+    def _counted(self, adversary, attribute: str, component, perturb):
+        @functools.wraps(perturb)
+        def counted(x, *args, **kwargs):
+            self._show(adversary, _run_name(attribute, component))
+            adv = perturb(x, *args, **kwargs)
+            self._bar.update(len(x))
+            return adv
+        return counted
+
+    def _show(self, adversary, attack: str) -> None:
+        if attack == self._running:
+            return
+        self.close()
+        order = list(adversary.attacks_to_run)
+        position = f"{order.index(attack) + 1}/{len(order)} " if attack in order else ""
+        # No total: an attack runs on the points the previous ones left, known only inside the cascade.
+        self._bar = bar(desc=f"AutoAttack {position}{attack}", unit="point", enabled=self.enabled)
+        self._running = attack
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._running = None, None
+
+
 @contextlib.contextmanager
-def _seeded_autoattack(rb_eval, seed: int | None):
+def _cascade_progress(enabled: bool):
+    progress = _CascadeProgress(enabled)
+    try:
+        yield progress
+    finally:
+        progress.close()
+
+
+@contextlib.contextmanager
+def _watched_autoattack(rb_eval, seed: int | None, progress: _CascadeProgress):
     """Around ``benchmark``: it builds AutoAttack without a seed, and PyPI's AutoAttack then seeds
-    its random restarts from the clock; with ``seed`` the same model gives the same numbers."""
+    its random restarts from the clock; with ``seed`` the same model gives the same numbers. The
+    AutoAttack it builds also gets ``progress``'s bars."""
     original = rb_eval.AutoAttack
-    if seed is not None:
-        rb_eval.AutoAttack = functools.partial(original, seed=seed)
+
+    def build(*args, **kwargs):
+        if seed is not None:
+            kwargs = {"seed": seed, **kwargs}
+        return progress.watch(original(*args, **kwargs))
+
+    rb_eval.AutoAttack = build
     try:
         yield
     finally:
@@ -142,7 +213,7 @@ def _seeded_autoattack(rb_eval, seed: int | None):
 
 def run_robustbench(model, *, dataset: str, threat_model: str, eps: float | None = None,
                     n_examples: int = 10000, data_dir: str = "./data", device: str = "cpu",
-                    batch_size: int = 500, seed: int | None = 0) -> dict:
+                    batch_size: int = 500, seed: int | None = 0, progress: bool = True) -> dict:
     """RobustBench's ``benchmark()`` on ``model`` (images in [0, 1] in, logits out).
 
     ``eps=None`` takes the leaderboard eps (:data:`LEADERBOARD_EPS`). Returns ``clean_acc`` and
@@ -150,7 +221,8 @@ def run_robustbench(model, *, dataset: str, threat_model: str, eps: float | None
     ``threat_model`` and ``protocol``. ``seed`` seeds AutoAttack's random restarts, which
     ``benchmark`` would seed from the clock (None: leave it so). robustbench prints its two
     accuracy lines to stdout; they are sent to stderr here, so that stdout carries only our own
-    one-line result.
+    one-line result. ``progress``: a line on stderr saying what runs, then a bar per AutoAttack
+    attack (also off with RDD_NO_PROGRESS=1).
     """
     import torch
 
@@ -165,8 +237,12 @@ def run_robustbench(model, *, dataset: str, threat_model: str, eps: float | None
     import robustbench.eval as rb_eval
 
     model = model.eval()
-    with _guarded_loader(rb_eval, dataset, data_dir), _seeded_autoattack(rb_eval, seed), \
-            contextlib.redirect_stdout(sys.stderr):
+    if progress_wanted(progress):
+        # benchmark() loads the data and measures clean accuracy before any attack shows a bar
+        print(f"robustbench benchmark: clean accuracy, then AutoAttack standard ({threat_model}, eps "
+              f"{format_eps(eps)}) on the first {n_examples} {dataset} test points", file=sys.stderr)
+    with _guarded_loader(rb_eval, dataset, data_dir), _cascade_progress(progress) as bars, \
+            _watched_autoattack(rb_eval, seed, bars), contextlib.redirect_stdout(sys.stderr):
         clean_acc, robust_acc = benchmark(model, n_examples=n_examples, dataset=dataset,
                                           threat_model=threat_model, eps=eps, data_dir=data_dir,
                                           device=torch.device(device), batch_size=batch_size)
@@ -175,7 +251,7 @@ def run_robustbench(model, *, dataset: str, threat_model: str, eps: float | None
 
 def run_autoattack_direct(model, images, labels, *, threat_model: str, eps: float,
                           batch_size: int = 500, device: str = "cpu", seed: int | None = 0,
-                          dataset: str = "") -> dict:
+                          dataset: str = "", progress: bool = True) -> dict:
     """RobustBench's protocol for a dataset it does not know: AutoAttack standard on the given
     points (the caller passes the first n test points, in order).
 
@@ -185,7 +261,7 @@ def run_autoattack_direct(model, images, labels, *, threat_model: str, eps: floa
     wrong; the count here does not rely on that: it requires both. ``seed`` makes the attacks'
     random restarts reproducible (robustbench's ``benchmark`` passes none and would seed them from
     the clock; :func:`run_robustbench` passes ours).
-    ``dataset`` is only copied into the result.
+    ``dataset`` is only copied into the result. ``progress``: a bar per AutoAttack attack.
     """
     import torch
 
@@ -222,7 +298,8 @@ def run_autoattack_direct(model, images, labels, *, threat_model: str, eps: floa
     # Standard AutoAttack targets the 9 runner-up classes (CIFAR-10); with fewer classes, all of them.
     adversary.apgd_targeted.n_target_classes = min(9, num_classes - 1)
     adversary.fab.n_target_classes = min(9, num_classes - 1)
-    x_adv = adversary.run_standard_evaluation(images, labels, bs=batch_size).cpu()
+    with _cascade_progress(progress) as bars:
+        x_adv = bars.watch(adversary).run_standard_evaluation(images, labels, bs=batch_size).cpu()
     if not within_budget(images, x_adv, float(eps), threat_model).all():
         raise RddError(f"AutoAttack returned points outside the {threat_model} ball of radius {eps} or outside [0, 1]")
     robust = clean_correct & (predict(x_adv) == labels)

@@ -23,6 +23,7 @@ plugins (``rdd plugins``) should not pay for it.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -115,81 +116,115 @@ def _forked_rng(device: torch.device, active: bool):
 
 # --- parameter checks: one line each, naming the attack and the parameter -------------------------
 
-def _check_eps(attack: str, eps: float) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise RddError(f"{attack}: eps must be a finite number >= 0, got {eps!r}")
-    return float(eps)
+class _Checks:
+    """The parameter checks of one attack; each failure is one line naming the attack and parameter."""
+
+    def __init__(self, attack: str) -> None:
+        self.attack = attack
+
+    def eps(self, eps: Any) -> float:
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+            raise RddError(f"{self.attack}: eps must be a finite number >= 0, got {eps!r}")
+        return float(eps)
+
+    def at_least(self, name: str, value: Any, low: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise RddError(f"{self.attack}: {name} must be an integer >= {low}, got {value!r}")
+        return value
+
+    def positive(self, name: str, value: Any, *, allow_zero: bool = False) -> float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or value < 0 or (value == 0 and not allow_zero):
+            raise RddError(f"{self.attack}: {name} must be a finite number {'>=' if allow_zero else '>'} 0, "
+                           f"got {value!r}")
+        return float(value)
+
+    def step(self, alpha: Any, default: float) -> float:
+        return default if alpha is None else self.positive("alpha", alpha)
+
+    def targets(self, n_classes: int, n_target_classes: int, *, dlr: bool) -> int:
+        """torchattacks' ``n_classes`` argument that makes it try ``n_target_classes`` targets."""
+        # APGD-T's targeted DLR loss divides by (z_1 - (z_3 + z_4) / 2): it indexes the 4th logit.
+        if dlr and n_classes < 4:
+            raise RddError(f"{self.attack}: needs a model with at least 4 classes (its targeted DLR loss uses "
+                           f"the 4th largest logit); this one has {n_classes}")
+        if n_classes < 2:
+            raise RddError(f"{self.attack}: needs a model with at least 2 classes; this one has {n_classes}")
+        return min(n_target_classes, n_classes - 1) + 1
 
 
-def _int_at_least(attack: str, name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise RddError(f"{attack}: {name} must be an integer >= {low}, got {value!r}")
-    return value
+# --- registration: where each factory is defined ---------------------------------------------------
+
+_ATTACKS: dict[str, Callable[..., _Adapter]] = {}  # name -> factory; rdd_register_attacks registers them
 
 
-def _positive(attack: str, name: str, value: Any, *, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        raise RddError(f"{attack}: {name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
-    return float(value)
+def _attack(name: str, threat_model: str, summary: str, *, none_means: dict[str, str] | None = None):
+    """Records the decorated factory as attack ``name`` in ``threat_model`` ("Linf" or "L2").
 
-
-def _step(attack: str, alpha: float | None, default: float) -> float:
-    return default if alpha is None else _positive(attack, "alpha", alpha)
-
-
-def _targets(attack: str, n_classes: int, n_target_classes: int, *, dlr: bool) -> int:
-    """torchattacks' ``n_classes`` argument that makes it try ``n_target_classes`` targets."""
-    # APGD-T's targeted DLR loss divides by (z_1 - (z_3 + z_4) / 2): it indexes the 4th logit.
-    if dlr and n_classes < 4:
-        raise RddError(f"{attack}: needs a model with at least 4 classes (its targeted DLR loss uses the "
-                       f"4th largest logit); this one has {n_classes}")
-    if n_classes < 2:
-        raise RddError(f"{attack}: needs a model with at least 2 classes; this one has {n_classes}")
-    return min(n_target_classes, n_classes - 1) + 1
-
-
-def _threat_model(norm: str):
-    def mark(factory):
-        factory.threat_model = norm
+    ``summary`` is the one human line of its description; the parameters part is read from the
+    signature (:func:`describe`), so it cannot fall behind a changed default. ``none_means`` says
+    what a ``None`` default stands for, e.g. ``{"alpha": "eps/4"}``.
+    """
+    def record(factory):
+        factory.threat_model = threat_model
+        factory.summary = summary
+        factory.none_means = dict(none_means or {})
+        _ATTACKS[name] = factory
         return factory
-    return mark
+    return record
+
+
+def keyword_defaults(factory: Callable) -> dict[str, Any]:
+    """The factory's keyword-only parameters with their defaults, in signature order."""
+    return {p.name: p.default for p in inspect.signature(factory).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def describe(factory: Callable) -> str:
+    """``<threat model>: <summary>; steps=20, alpha=eps/4, random_start=True`` (all keyword defaults)."""
+    head = f"{factory.threat_model}: {factory.summary}"
+    defaults = ", ".join(f"{name}={factory.none_means.get(name, value) if value is None else value}"
+                         for name, value in keyword_defaults(factory).items())
+    return f"{head}; {defaults}" if defaults else head
 
 
 # --- factories ----------------------------------------------------------------------------------
 
-@_threat_model("Linf")
+@_attack("fgsm", "Linf", "FGSM, one signed-gradient step of eps")
 def fgsm(model, eps: float):
     """FGSM ℓ∞ (Goodfellow et al., 2015): one signed-gradient step of size eps."""
     import torchattacks
 
-    eps = _check_eps("fgsm", eps)
-    return _Adapter("fgsm", model, eps, "Linf", lambda _: torchattacks.FGSM(model, eps=eps))
+    check = _Checks("fgsm")
+    eps = check.eps(eps)
+    return _Adapter(check.attack, model, eps, "Linf", lambda _: torchattacks.FGSM(model, eps=eps))
 
 
-@_threat_model("Linf")
+@_attack("pgd", "Linf", "PGD from a random start", none_means={"alpha": "eps/4"})
 def pgd(model, eps: float, *, steps: int = 20, alpha: float | None = None, random_start: bool = True):
     """PGD ℓ∞ (Madry et al., 2018): ``steps`` signed-gradient steps of size ``alpha`` (default eps/4),
     projected onto the eps-ball and [0, 1], from a uniform random start."""
     import torchattacks
 
-    eps = _check_eps("pgd", eps)
-    steps = _int_at_least("pgd", "steps", steps, 1)
-    alpha = _step("pgd", alpha, eps / 4)
-    return _Adapter("pgd", model, eps, "Linf", lambda _: torchattacks.PGD(
+    check = _Checks("pgd")
+    eps = check.eps(eps)
+    steps = check.at_least("steps", steps, 1)
+    alpha = check.step(alpha, eps / 4)
+    return _Adapter(check.attack, model, eps, "Linf", lambda _: torchattacks.PGD(
         model, eps=eps, alpha=alpha, steps=steps, random_start=bool(random_start)))
 
 
-@_threat_model("L2")
+@_attack("pgd-l2", "L2", "PGD from a random point in the ball", none_means={"alpha": "eps/4"})
 def pgd_l2(model, eps: float, *, steps: int = 20, alpha: float | None = None, random_start: bool = True):
     """PGD ℓ2: ``steps`` normalized-gradient steps of length ``alpha`` (default eps/4), projected onto
     the ℓ2 eps-ball and [0, 1], from a random point inside the ball."""
     import torchattacks
 
-    eps = _check_eps("pgd-l2", eps)
-    steps = _int_at_least("pgd-l2", "steps", steps, 1)
-    alpha = _step("pgd-l2", alpha, eps / 4)
-    return _Adapter("pgd-l2", model, eps, "L2", lambda _: torchattacks.PGDL2(
+    check = _Checks("pgd-l2")
+    eps = check.eps(eps)
+    steps = check.at_least("steps", steps, 1)
+    alpha = check.step(alpha, eps / 4)
+    return _Adapter(check.attack, model, eps, "L2", lambda _: torchattacks.PGDL2(
         model, eps=eps, alpha=alpha, steps=steps, random_start=bool(random_start)))
 
 
@@ -198,10 +233,10 @@ def _carlini_wagner_class():
     """torchattacks' CW with its two departures from Carlini & Wagner's reference code fixed.
 
     * Its margin takes ``max((1 - onehot) * logits)`` and ``max(onehot * logits)``: where logits are
-      negative, the masked zeros win, the margin is 0 and the attack gets no gradient (the test's
-      linear model with every logit shifted by -100, same decisions: 64 of 64 points fooled
-      unshifted, 6 shifted; tests/test_attacks.py). Here the true
-      class's logit is taken by index and the others' maximum with the true class masked to -inf.
+      negative, the masked zeros win, the margin is 0 and the attack gets no gradient, so a model
+      whose logits are all shifted below zero looks robust (tests/test_attacks.py; see
+      docs/decisions.md). Here the true class's logit is taken by index and the others' maximum
+      with the true class masked to -inf.
     * Its ``inverse_tanh_space`` maps pixels at exactly 0 or 1 to ±inf (half of Fashion-MNIST's
       pixels are 0). Carlini & Wagner's code scales by 0.999999 before arctanh, which keeps w finite;
       so does this.
@@ -222,54 +257,57 @@ def _carlini_wagner_class():
     return CarliniWagnerL2
 
 
-@_threat_model("L2")
+@_attack("cw", "L2", "Carlini-Wagner, minimum-norm, fixed c (margin and arctanh fixed)")
 def cw(model, eps: float, *, c: float = 1.0, kappa: float = 0.0, steps: int = 100, lr: float = 0.01):
     """Carlini-Wagner ℓ2 (2017), fixed ``c`` (torchattacks does no binary search over it). It looks for
     the smallest perturbation; points it breaks only beyond eps count as not broken (clean image).
     torchattacks' CW with its margin and arctanh fixed (:func:`_carlini_wagner_class`)."""
-    eps = _check_eps("cw", eps)
-    c = _positive("cw", "c", c)
-    kappa = _positive("cw", "kappa", kappa, allow_zero=True)
-    steps = _int_at_least("cw", "steps", steps, 1)
-    lr = _positive("cw", "lr", lr)
-    return _Adapter("cw", model, eps, "L2",
+    check = _Checks("cw")
+    eps = check.eps(eps)
+    c = check.positive("c", c)
+    kappa = check.positive("kappa", kappa, allow_zero=True)
+    steps = check.at_least("steps", steps, 1)
+    lr = check.positive("lr", lr)
+    return _Adapter(check.attack, model, eps, "L2",
                     lambda _: _carlini_wagner_class()(model, c=c, kappa=kappa, steps=steps, lr=lr), minimum_norm=True)
 
 
-@_threat_model("Linf")
+@_attack("apgd-ce", "Linf", "APGD-CE, step-size-free PGD on the cross-entropy")
 def apgd_ce(model, eps: float, *, steps: int = 100, n_restarts: int = 1, rho: float = 0.75, seed: int = 0):
     """APGD-CE ℓ∞ (Croce & Hein, 2020): step-size-free PGD on the cross-entropy, as in AutoAttack."""
     import torchattacks
 
-    eps = _check_eps("apgd-ce", eps)
-    steps = _int_at_least("apgd-ce", "steps", steps, 1)
-    n_restarts = _int_at_least("apgd-ce", "n_restarts", n_restarts, 1)
-    rho = _positive("apgd-ce", "rho", rho)
-    seed = _int_at_least("apgd-ce", "seed", seed, 0)
-    return _Adapter("apgd-ce", model, eps, "Linf", lambda _: torchattacks.APGD(
+    check = _Checks("apgd-ce")
+    eps = check.eps(eps)
+    steps = check.at_least("steps", steps, 1)
+    n_restarts = check.at_least("n_restarts", n_restarts, 1)
+    rho = check.positive("rho", rho)
+    seed = check.at_least("seed", seed, 0)
+    return _Adapter(check.attack, model, eps, "Linf", lambda _: torchattacks.APGD(
         model, norm="Linf", eps=eps, steps=steps, n_restarts=n_restarts, seed=seed, loss="ce", rho=rho),
         seeded=True)
 
 
-@_threat_model("Linf")
+@_attack("apgd-t", "Linf", "APGD-T, targeted DLR against the most likely other classes")
 def apgd_t(model, eps: float, *, steps: int = 100, n_restarts: int = 1, n_target_classes: int = _N_TARGET_CLASSES,
            rho: float = 0.75, seed: int = 0):
     """APGD-T ℓ∞ (Croce & Hein, 2020): APGD on the targeted DLR loss against each of the
     ``n_target_classes`` most likely other classes in turn, as in AutoAttack. Needs >= 4 classes."""
     import torchattacks
 
-    eps = _check_eps("apgd-t", eps)
-    steps = _int_at_least("apgd-t", "steps", steps, 1)
-    n_restarts = _int_at_least("apgd-t", "n_restarts", n_restarts, 1)
-    n_target_classes = _int_at_least("apgd-t", "n_target_classes", n_target_classes, 1)
-    rho = _positive("apgd-t", "rho", rho)
-    seed = _int_at_least("apgd-t", "seed", seed, 0)
-    return _Adapter("apgd-t", model, eps, "Linf", lambda n: torchattacks.APGDT(
+    check = _Checks("apgd-t")
+    eps = check.eps(eps)
+    steps = check.at_least("steps", steps, 1)
+    n_restarts = check.at_least("n_restarts", n_restarts, 1)
+    n_target_classes = check.at_least("n_target_classes", n_target_classes, 1)
+    rho = check.positive("rho", rho)
+    seed = check.at_least("seed", seed, 0)
+    return _Adapter(check.attack, model, eps, "Linf", lambda n: torchattacks.APGDT(
         model, norm="Linf", eps=eps, steps=steps, n_restarts=n_restarts, seed=seed, rho=rho,
-        n_classes=_targets("apgd-t", n, n_target_classes, dlr=True)), needs_classes=True, seeded=True)
+        n_classes=check.targets(n, n_target_classes, dlr=True)), needs_classes=True, seeded=True)
 
 
-@_threat_model("Linf")
+@_attack("fab", "Linf", "FAB, minimum-norm (targeted=True: AutoAttack's FAB-T)")
 def fab(model, eps: float, *, steps: int = 100, n_restarts: int = 1, targeted: bool = False,
         n_target_classes: int = _N_TARGET_CLASSES, alpha_max: float = 0.1, eta: float = 1.05,
         beta: float = 0.9, seed: int = 0):
@@ -277,35 +315,37 @@ def fab(model, eps: float, *, steps: int = 100, n_restarts: int = 1, targeted: b
     ``targeted=True`` is AutoAttack's FAB-T over the ``n_target_classes`` most likely other classes."""
     import torchattacks
 
-    eps = _check_eps("fab", eps)
-    steps = _int_at_least("fab", "steps", steps, 1)
-    n_restarts = _int_at_least("fab", "n_restarts", n_restarts, 1)
-    n_target_classes = _int_at_least("fab", "n_target_classes", n_target_classes, 1)
-    alpha_max = _positive("fab", "alpha_max", alpha_max)
-    eta = _positive("fab", "eta", eta)
-    beta = _positive("fab", "beta", beta)
-    seed = _int_at_least("fab", "seed", seed, 0)
-    return _Adapter("fab", model, eps, "Linf", lambda n: torchattacks.FAB(
+    check = _Checks("fab")
+    eps = check.eps(eps)
+    steps = check.at_least("steps", steps, 1)
+    n_restarts = check.at_least("n_restarts", n_restarts, 1)
+    n_target_classes = check.at_least("n_target_classes", n_target_classes, 1)
+    alpha_max = check.positive("alpha_max", alpha_max)
+    eta = check.positive("eta", eta)
+    beta = check.positive("beta", beta)
+    seed = check.at_least("seed", seed, 0)
+    return _Adapter(check.attack, model, eps, "Linf", lambda n: torchattacks.FAB(
         model, norm="Linf", eps=eps, steps=steps, n_restarts=n_restarts, alpha_max=alpha_max, eta=eta,
         beta=beta, seed=seed, multi_targeted=bool(targeted),
-        n_classes=_targets("fab", n, n_target_classes, dlr=False)),
+        n_classes=check.targets(n, n_target_classes, dlr=False)),
         needs_classes=True, minimum_norm=True, seeded=True)
 
 
-@_threat_model("Linf")
+@_attack("square", "Linf", "Square, score-based random search (no gradients)")
 def square(model, eps: float, *, n_queries: int = 5000, n_restarts: int = 1, p_init: float = 0.8, seed: int = 0):
     """Square Attack ℓ∞ (Andriushchenko et al., 2020): score-based random search on the margin loss;
     no gradients, so it also catches gradient masking."""
     import torchattacks
 
-    eps = _check_eps("square", eps)
-    n_queries = _int_at_least("square", "n_queries", n_queries, 1)
-    n_restarts = _int_at_least("square", "n_restarts", n_restarts, 1)
-    p_init = _positive("square", "p_init", p_init)
+    check = _Checks("square")
+    eps = check.eps(eps)
+    n_queries = check.at_least("n_queries", n_queries, 1)
+    n_restarts = check.at_least("n_restarts", n_restarts, 1)
+    p_init = check.positive("p_init", p_init)
     if p_init > 1:
         raise RddError(f"square: p_init must be in (0, 1], got {p_init!r}")
-    seed = _int_at_least("square", "seed", seed, 0)
-    return _Adapter("square", model, eps, "Linf", lambda _: torchattacks.Square(
+    seed = check.at_least("seed", seed, 0)
+    return _Adapter(check.attack, model, eps, "Linf", lambda _: torchattacks.Square(
         model, norm="Linf", eps=eps, n_queries=n_queries, n_restarts=n_restarts, p_init=p_init, seed=seed,
         resc_schedule=False), seeded=True)  # the reference Square / AutoAttack schedule (torchattacks: True)
 
@@ -319,13 +359,14 @@ def _autoattack(name: str, norm: str, model, eps: float, steps: int, n_queries: 
     """
     import torchattacks
 
-    eps = _check_eps(name, eps)
-    steps = _int_at_least(name, "steps", steps, 1)
-    n_queries = _int_at_least(name, "n_queries", n_queries, 1)
-    seed = _int_at_least(name, "seed", seed, 0)
+    check = _Checks(name)
+    eps = check.eps(eps)
+    steps = check.at_least("steps", steps, 1)
+    n_queries = check.at_least("n_queries", n_queries, 1)
+    seed = check.at_least("seed", seed, 0)
 
     def build(n_classes: int):
-        n = _targets(name, n_classes, _N_TARGET_CLASSES, dlr=True)
+        n = check.targets(n_classes, _N_TARGET_CLASSES, dlr=True)
         return torchattacks.MultiAttack([
             torchattacks.APGD(model, norm=norm, eps=eps, steps=steps, n_restarts=1, seed=seed, loss="ce"),
             torchattacks.APGDT(model, norm=norm, eps=eps, steps=steps, n_restarts=1, seed=seed, n_classes=n),
@@ -339,62 +380,57 @@ def _autoattack(name: str, norm: str, model, eps: float, steps: int, n_queries: 
     return _Adapter(name, model, eps, norm, build, needs_classes=True, seeded=True)
 
 
-@_threat_model("Linf")
+_AUTOATTACK_SUMMARY = (f"AutoAttack standard from torchattacks' parts: APGD-CE, APGD-T, FAB-T ({_N_TARGET_CLASSES} "
+                       f"target classes; steps each), then Square (n_queries), each on what the previous left")
+
+
+@_attack("autoattack", "Linf", _AUTOATTACK_SUMMARY)
 def autoattack(model, eps: float, *, steps: int = 100, n_queries: int = 5000, seed: int = 0):
     """AutoAttack ℓ∞ standard (Croce & Hein, 2020): APGD-CE, APGD-T, FAB-T (``steps`` each, 9 target
     classes), then Square (``n_queries``); each attacks only what the previous left. Needs >= 4 classes."""
     return _autoattack("autoattack", "Linf", model, eps, steps, n_queries, seed)
 
 
-@_threat_model("L2")
+@_attack("autoattack-l2", "L2", _AUTOATTACK_SUMMARY)
 def autoattack_l2(model, eps: float, *, steps: int = 100, n_queries: int = 5000, seed: int = 0):
     """AutoAttack ℓ2 standard: as ``autoattack`` with every component in the ℓ2 ball."""
     return _autoattack("autoattack-l2", "L2", model, eps, steps, n_queries, seed)
 
 
-@_threat_model("Linf")
+@_attack("mifgsm", "Linf", "MI-FGSM, momentum steps built for transfer, no random start",
+         none_means={"alpha": "eps/steps"})
 def mifgsm(model, eps: float, *, steps: int = 10, alpha: float | None = None, decay: float = 1.0):
     """MI-FGSM ℓ∞ (Dong et al., 2018): signed steps on a momentum of L1-normalized gradients; the
     paper's step is eps/steps and its decay 1.0. Built for transfer; no random start."""
     import torchattacks
 
-    eps = _check_eps("mifgsm", eps)
-    steps = _int_at_least("mifgsm", "steps", steps, 1)
-    alpha = _step("mifgsm", alpha, eps / steps)
-    decay = _positive("mifgsm", "decay", decay, allow_zero=True)
-    return _Adapter("mifgsm", model, eps, "Linf", lambda _: torchattacks.MIFGSM(
+    check = _Checks("mifgsm")
+    eps = check.eps(eps)
+    steps = check.at_least("steps", steps, 1)
+    alpha = check.step(alpha, eps / steps)
+    decay = check.positive("decay", decay, allow_zero=True)
+    return _Adapter(check.attack, model, eps, "Linf", lambda _: torchattacks.MIFGSM(
         model, eps=eps, alpha=alpha, steps=steps, decay=decay))
 
 
-@_threat_model("Linf")
+@_attack("jitter", "Linf", "Jitter, PGD on jittered softmax outputs", none_means={"alpha": "eps/4"})
 def jitter(model, eps: float, *, steps: int = 10, alpha: float | None = None, scale: float = 10.0,
            std: float = 0.1, random_start: bool = True):
     """Jitter ℓ∞ (Schwinn et al., 2021): PGD on an MSE loss of scaled, noise-jittered softmax outputs,
     which keeps pushing after the first misclassification."""
     import torchattacks
 
-    eps = _check_eps("jitter", eps)
-    steps = _int_at_least("jitter", "steps", steps, 1)
-    alpha = _step("jitter", alpha, eps / 4)
-    scale = _positive("jitter", "scale", scale)
-    std = _positive("jitter", "std", std, allow_zero=True)
-    return _Adapter("jitter", model, eps, "Linf", lambda _: torchattacks.Jitter(
+    check = _Checks("jitter")
+    eps = check.eps(eps)
+    steps = check.at_least("steps", steps, 1)
+    alpha = check.step(alpha, eps / 4)
+    scale = check.positive("scale", scale)
+    std = check.positive("std", std, allow_zero=True)
+    return _Adapter(check.attack, model, eps, "Linf", lambda _: torchattacks.Jitter(
         model, eps=eps, alpha=alpha, steps=steps, scale=scale, std=std, random_start=bool(random_start)))
 
 
 @hookimpl
 def rdd_register_attacks(register):
-    register("fgsm", fgsm, "torchattacks FGSM Linf (one step of eps)")
-    register("pgd", pgd, "torchattacks PGD Linf (steps=20, alpha=eps/4, random start)")
-    register("pgd-l2", pgd_l2, "torchattacks PGD L2 (steps=20, alpha=eps/4, random start)")
-    register("cw", cw, "torchattacks Carlini-Wagner L2, minimum-norm (c=1, kappa=0, steps=100, lr=0.01)")
-    register("apgd-ce", apgd_ce, "torchattacks APGD-CE Linf (steps=100, n_restarts=1, seed=0)")
-    register("apgd-t", apgd_t, "torchattacks APGD-T Linf (steps=100, 9 target classes, n_restarts=1, seed=0)")
-    register("fab", fab, "torchattacks FAB Linf, minimum-norm (steps=100, n_restarts=1, untargeted, seed=0)")
-    register("square", square, "torchattacks Square Linf (n_queries=5000, n_restarts=1, p_init=0.8, seed=0)")
-    register("autoattack", autoattack,
-             "AutoAttack Linf standard from torchattacks parts (APGD-CE, APGD-T, FAB-T steps=100; Square 5000)")
-    register("autoattack-l2", autoattack_l2,
-             "AutoAttack L2 standard from torchattacks parts (APGD-CE, APGD-T, FAB-T steps=100; Square 5000)")
-    register("mifgsm", mifgsm, "torchattacks MI-FGSM Linf (steps=10, alpha=eps/steps, decay=1.0)")
-    register("jitter", jitter, "torchattacks Jitter Linf (steps=10, alpha=eps/4, scale=10, std=0.1, random start)")
+    for name, factory in _ATTACKS.items():
+        register(name, factory, describe(factory))

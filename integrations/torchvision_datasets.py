@@ -37,16 +37,19 @@ def _download_root(root: str | None) -> Path:
 
 
 def _fashion_folders(root: str | None) -> list[Path]:
-    folders = []
+    """A root the user names is the only place looked in: data found elsewhere would be recorded in
+    the run's config as if it came from there."""
     if root:
         r = Path(root).expanduser()
-        folders += [r, r / "fashion-mnist", r / "FashionMNIST" / "raw"]  # plain, Debian-like, torchvision
-    folders += [DEBIAN_FASHION_MNIST, _download_root(root) / "FashionMNIST" / "raw"]
-    return folders
+        if not r.is_dir():
+            raise RddError(f"data root {root} does not exist" if not r.exists() else f"data root {root} is not a folder")
+        return [r, r / "fashion-mnist", r / "FashionMNIST" / "raw"]  # plain, Debian-like, torchvision
+    return [DEBIAN_FASHION_MNIST, _download_root(root) / "FashionMNIST" / "raw"]
 
 
 def fashion_mnist(root: str | None = None, split: str = "train", *, download: bool = True) -> ImageData:
-    """Fashion-MNIST from IDX files: ``root`` (plain or torchvision layout), then Debian's package path.
+    """Fashion-MNIST from IDX files: ``root`` (plain or torchvision layout) if given, else Debian's
+    package path, then the download cache.
 
     Only when no files are found does it ask torchvision to download (which needs a network).
     """

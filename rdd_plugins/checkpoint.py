@@ -35,7 +35,16 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
 
 
 def run_fingerprint(config: dict) -> str:
-    """What must not change between a checkpoint and its resume: the config less the device."""
+    """What must not change between a checkpoint and its resume: the config less the device and
+    the iteration budget (a run may be extended)."""
+    kept = {k: v for k, v in config.items() if k != "device"}
+    if isinstance(kept.get("distill"), dict):
+        kept["distill"] = {k: v for k, v in kept["distill"].items() if k != "iterations"}
+    return json.dumps(kept, sort_keys=True)
+
+
+def _legacy_fingerprint(config: dict) -> str:
+    """The fingerprint of checkpoints written before runs could be extended (budget included)."""
     return json.dumps({k: v for k, v in config.items() if k != "device"}, sort_keys=True)
 
 
@@ -62,10 +71,10 @@ def save_checkpoint(folder: str | Path, *, iteration: int, state: dict, history:
 
 
 def load_checkpoint(folder: str | Path, device: torch.device,
-                    fingerprint: str | None = None) -> tuple[int, dict, list[dict], dict]:
+                    config: dict | None = None) -> tuple[int, dict, list[dict], dict]:
     """-> (iteration, state on ``device``, history, rng tensors for :func:`restore_rng`).
 
-    With ``fingerprint``, refuse a checkpoint that another config wrote.
+    With ``config`` (the resolved run config), refuse a checkpoint that another config wrote.
     """
     path = Path(folder) / CHECKPOINT_FILE
     if not path.is_file():
@@ -81,7 +90,7 @@ def load_checkpoint(folder: str | Path, device: torch.device,
             raise KeyError("rng.cpu")
     except (SafetensorError, OSError, KeyError, TypeError, ValueError) as exc:
         raise RddError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-    if fingerprint is not None and doc.get("fingerprint") != fingerprint:
+    if config is not None and doc.get("fingerprint") not in (run_fingerprint(config), _legacy_fingerprint(config)):
         raise RddError(f"{path} was written by another config than {Path(folder) / 'config.toml'}; "
                        f"resume needs the run's own config")
     state = plain

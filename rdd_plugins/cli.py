@@ -5,10 +5,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
 from .errors import RddError
+
+
+def _count(minimum: int):
+    """An argparse type: an integer of at least ``minimum``, else a one-line error saying so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _folder(text: str) -> str:
+    """An argparse type for a folder that must exist already (a dataset root)."""
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder" if path.exists() else f"{text} does not exist")
+    return text
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -16,13 +38,22 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set distill.params.lr_img=0.05 (repeatable)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--data-root", metavar="DIR", help="where the dataset files are")
+    p.add_argument("--seed", type=_count(0))
+    p.add_argument("--data-root", metavar="DIR", type=_folder, help="where the dataset files are (must exist)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags get the same one line as every other bad input (``rdd --help`` has the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"rdd: error: {self.prog}: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rdd", description="Robust dataset distillation with plugins.")
+    parser = _Parser(prog="rdd", description="Robust dataset distillation with plugins.")
+    parser.add_argument("--version", action=_PrintVersions,
+                        help="the package, torch and plugin distributions, with their versions")
     parser.add_argument("--strict", action="store_true",
                         help="a plugin that fails to load or register is an error (= RDD_STRICT_PLUGINS=1)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -33,12 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="distil a dataset into a few images per class")
     _common(p)
     p.add_argument("--dataset")
-    p.add_argument("--ipc", type=int, help="images per class")
+    p.add_argument("--ipc", type=_count(1), help="images per class")
     p.add_argument("--distiller")
     p.add_argument("--regularizer")
     p.add_argument("--backbone")
-    p.add_argument("--iterations", type=int)
+    p.add_argument("--iterations", type=_count(1), help="with --resume: a larger budget extends the run")
     p.add_argument("--out", metavar="DIR", help="run folder for the distilled set and its checkpoints")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the set in --out (and what was derived from it) once the new run has a checkpoint")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
 
     p = sub.add_parser("evaluate", help="train fresh models on a distilled set; clean and robust accuracy")
@@ -54,9 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     cascade.add_argument("--cascade", dest="cascade", action="store_const", const="on",
                          help="run each attack only on the points the ones before it left (the suites' default)")
     p.add_argument("--backbones", metavar="A,B", help="evaluation backbones, e.g. convnet,timm:resnet18")
-    p.add_argument("--seeds", type=int, help="number of fresh models per backbone")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--n-test", type=int, help="first N test points (0 = all)")
+    p.add_argument("--seeds", type=_count(1), help="number of fresh models per backbone")
+    p.add_argument("--epochs", type=_count(1))
+    p.add_argument("--n-test", type=_count(0), help="first N test points (0 = all)")
     p.add_argument("--out", metavar="DIR", help="report folder (default DIR/evaluation)")
 
     p = sub.add_parser("compare", help="merge several evaluations into one table and one plot")
@@ -70,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="must be the set's dataset (default); cifar10/cifar100 go through robustbench.benchmark")
     p.add_argument("--threat-model", default="Linf", choices=["Linf", "L2"])
     p.add_argument("--eps", help="default: the leaderboard's (Linf 8/255, L2 0.5)")
-    p.add_argument("--n-examples", type=int, default=10000, help="first N test points in order (RobustBench: 10000)")
+    p.add_argument("--n-examples", type=_count(1), default=10000, help="first N test points in order (RobustBench: 10000)")
     p.add_argument("--backbone", help="the model to train on the set (default: the set's backbone)")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=_count(1), default=500)
     p.add_argument("--name", help="model name in the ModelInfo JSON (default: from the set)")
     p.add_argument("--out", metavar="DIR", help="output folder (default DIR/benchmark)")
 
@@ -80,7 +113,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help="random, gm, gm+curvature, sre2l, sre2l+curvature on Fashion-MNIST, CPU-sized")
     _common(p)
     p.add_argument("--out", default="runs/quickstart", metavar="DIR")
+    for sub_parser in sub.choices.values():
+        # eps values such as -1/255 are values (rejected by parse_eps with the reason), not options
+        sub_parser._negative_number_matcher = re.compile(r"^-[0-9.]+(/[0-9.]+)?$")
     return parser
+
+
+class _PrintVersions(argparse.Action):
+    """``rdd --version``: the package, the libraries its numbers depend on, and plugin distributions."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__
+        from .plugins import plugin_info
+        from .versions import package_versions
+
+        lines = [f"rdd-plugins {__version__}"]
+        lines += [f"  {name} {version}" for name, version in package_versions().items() if name != "rdd-plugins"]
+        plugins = sorted({(p["distribution"], p["version"]) for p in plugin_info()
+                          if p["distribution"] not in ("rdd-plugins", "?")})
+        lines += [f"  plugin {dist} {version}" for dist, version in plugins]
+        print("\n".join(lines))
+        parser.exit()
 
 
 def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict:
@@ -126,17 +182,21 @@ def cmd_distill(args) -> int:
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise RddError("--resume DIR writes into DIR; drop --out")
-        extra = sorted(set(over) - {"device"})
-        if args.config or extra:
+        typed = [flag for flag, given in (("--config", args.config), ("--set", args.sets),
+                                          ("--dataset", args.dataset), ("--ipc", args.ipc),
+                                          ("--distiller", args.distiller), ("--regularizer", args.regularizer),
+                                          ("--backbone", args.backbone), ("--seed", args.seed),
+                                          ("--data-root", args.data_root), ("--overwrite", args.overwrite)) if given]
+        if typed:
             raise RddError(f"--resume continues the run as {Path(args.resume) / 'config.toml'} says; "
-                           f"drop {', '.join(['--config'] * bool(args.config) + extra)}")
+                           f"drop {', '.join(typed)} (only --device, and --iterations to extend it, may change)")
         out = args.resume
     elif not args.out:
         raise RddError("distill needs --out DIR (or --resume DIR)")
     else:
         out = args.out
     result = distill(None if args.resume else args.config, out=out, progress=not args.no_progress,
-                     overrides=over, resume=bool(args.resume))
+                     overrides=over, resume=bool(args.resume), overwrite=args.overwrite)
     print(f"distilled {result.images.shape[0]} images -> {out}")
     return 0
 

@@ -1,16 +1,25 @@
 """The plugin manager: built-ins first, then entry points one by one, then ``check_pending``.
 
 A plugin that fails to import or to register is reported (``rdd plugins`` lists it) and skipped,
-not fatal, unless ``RDD_STRICT_PLUGINS=1``. ``RDD_DISABLE_PLUGINS=a,b`` blocks plugins by name.
+not fatal, unless ``RDD_STRICT_PLUGINS=1``. ``RDD_DISABLE_PLUGINS=a,b`` blocks plugins by name;
+the built-in plugins cannot be blocked (a plugin replaces a built-in part with ``override=True``).
+
+Hooks are called through pluggy, so ``tryfirst``/``trylast``, wrappers (``wrapper=True``,
+``hookwrapper=True``) and implementations taking only some of a hook's arguments behave as pluggy
+documents them. Each implementation is guarded: one that raises is left out of that call and
+reported under its plugin's name, and the other plugins' implementations still run.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+from collections.abc import Generator
 from dataclasses import dataclass
 from functools import partial
 from importlib import metadata
+from typing import Any, Callable, Iterable
 
 import pluggy
 
@@ -87,12 +96,23 @@ def _check_pending(pm: pluggy.PluginManager) -> None:
             _fail(_load_failures, name, exc)
 
 
+def _disabled_plugins() -> list[str]:
+    """The names in ``RDD_DISABLE_PLUGINS``; naming a built-in plugin is an error, as pytest refuses
+    ``-p no:`` for its essential plugins: without them no run can be configured at all."""
+    names = [n.strip() for n in os.environ.get("RDD_DISABLE_PLUGINS", "").split(",") if n.strip()]
+    builtin = [n for n in names if n in BUILTIN_PLUGINS]
+    if builtin:
+        raise RddError(f"RDD_DISABLE_PLUGINS: plugin {builtin[0]!r} is built in and cannot be disabled; "
+                       f"to replace one of its parts, register yours with override=True")
+    return names
+
+
 def get_plugin_manager() -> pluggy.PluginManager:
     global _manager
     if _manager is None:
         pm = pluggy.PluginManager("rdd")
         pm.add_hookspecs(hookspecs)
-        for name in filter(None, (n.strip() for n in os.environ.get("RDD_DISABLE_PLUGINS", "").split(","))):
+        for name in _disabled_plugins():
             pm.set_blocked(name)
         for module_name in BUILTIN_PLUGINS:
             pm.register(importlib.import_module(module_name), name=module_name)
@@ -110,19 +130,133 @@ def get_registry() -> Registry:
         registry = Registry()
         _registration_failures.clear()
         for kind in KINDS:
-            hook = getattr(pm.hook, f"rdd_register_{kind}")
-            # Call each plugin's implementation alone, so every entry knows which plugin made it
-            # and one plugin's error does not hide the others' parts. A plugin's parts of one kind
-            # are staged and land together, or not at all when its hook fails half-way.
-            for impl in hook.get_hookimpls():  # registration order: built-ins first
-                staged = Registry()
-                try:
-                    impl.function(register=partial(staged.add, kind, plugin=impl.plugin_name))
-                    registry.absorb(staged)
-                except Exception as exc:
-                    _fail(_registration_failures, impl.plugin_name, exc)
+            _register_parts(pm, kind, registry)
         _registry = registry
     return _registry
+
+
+def _register_parts(pm: pluggy.PluginManager, kind: str, registry: Registry) -> None:
+    """Run ``rdd_register_<kind>`` once through pluggy, every plugin with a ``register`` of its own.
+
+    Each plugin's parts are staged apart, so every entry knows which plugin made it, and they land
+    together, or not at all when one of the plugin's implementations fails. They land in the order
+    the plugins were loaded (built-ins first), whatever order the hooks ran in, so a plugin cannot
+    take a built-in's name by running first: only ``override=True`` replaces a name.
+    """
+    staged: dict[str, Registry] = {}
+
+    def own_register(plugin_name: str) -> dict[str, Any]:
+        parts = staged.setdefault(plugin_name, Registry())
+        return {"register": partial(parts.add, kind, plugin=plugin_name)}
+
+    hook = getattr(pm.hook, f"rdd_register_{kind}")
+    # Every implementation gets its plugin's own register in place of this shared placeholder.
+    _, failures = call_hook(hook, {"register": None}, own_kwargs=own_register)
+    failed: dict[str, Exception] = {}
+    for plugin_name, exc in failures:
+        failed.setdefault(plugin_name, exc)  # a plugin is reported once per kind, for its first failure
+    for plugin_name in _load_order(pm, staged):
+        error = failed.get(plugin_name)
+        if error is None:
+            try:
+                registry.absorb(staged[plugin_name])
+                continue
+            except RddError as exc:
+                error = exc
+        _fail(_registration_failures, plugin_name, error)
+
+
+def _load_order(pm: pluggy.PluginManager, plugin_names: Iterable[str]) -> list[str]:
+    position = {name: i for i, (name, _) in enumerate(pm.list_name_plugin())}
+    return sorted(plugin_names, key=lambda name: position.get(name, len(position)))
+
+
+Failure = tuple[str, Exception]  # (plugin name, what its implementation raised)
+
+
+def call_hook(hook: pluggy.HookCaller, kwargs: dict[str, Any], *,
+              own_kwargs: Callable[[str], dict[str, Any]] | None = None) -> tuple[Any, list[Failure]]:
+    """Call ``hook`` with ``kwargs`` through pluggy, every implementation guarded.
+
+    Returns pluggy's answer and the failures: an implementation that raises is reported and counts
+    as having answered ``None``; a wrapper that raises is reported and steps aside, the outcome
+    passing through it unchanged. ``own_kwargs(plugin_name)`` gives arguments that replace the
+    shared ones for that plugin's implementations (each plugin its own ``register``).
+    """
+    failures: list[Failure] = []
+    impls = [_guarded(impl, failures, own_kwargs(impl.plugin_name) if own_kwargs else {})
+             for impl in hook.get_hookimpls()]
+    firstresult = bool(hook.spec and hook.spec.opts.get("firstresult"))
+    # pluggy has no public call over a chosen list of implementations; _hookexec is what
+    # HookCaller.__call__ itself uses, and runs the monitoring that add_hookcall_monitoring set.
+    return hook._hookexec(hook.name, impls, kwargs, firstresult), failures
+
+
+def _guarded(impl: pluggy.HookImpl, failures: list[Failure], own: dict[str, Any]) -> pluggy.HookImpl:
+    """A copy of ``impl`` (same plugin, options and arguments) whose failures go to ``failures``."""
+    def failed(exc: Exception) -> None:
+        failures.append((impl.plugin_name, exc))
+
+    def own_args(args: tuple, kwargs: dict) -> tuple[list, dict]:
+        # pluggy passes the arguments the implementation names, in its order; swap in the plugin's own
+        return ([own.get(name, value) for name, value in zip(impl.argnames, args)],
+                {name: own.get(name, value) for name, value in kwargs.items()})
+
+    guard = _guard_wrapper if impl.wrapper or impl.hookwrapper else _guard_call
+    return pluggy.HookImpl(impl.plugin, impl.plugin_name, guard(impl.function, own_args, failed), impl.opts)
+
+
+def _guard_call(function: Callable[..., Any], own_args: Callable, failed: Callable) -> Callable[..., Any]:
+    @functools.wraps(function)  # pluggy reads the arguments to pass from the wrapped signature
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        args, kwargs = own_args(args, kwargs)
+        try:
+            return function(*args, **kwargs)
+        except Exception as exc:
+            failed(exc)
+            return None
+    return guarded
+
+
+def _guard_wrapper(function: Callable[..., Any], own_args: Callable, failed: Callable) -> Callable[..., Any]:
+    """Guard a wrapper of either style: pluggy drives both as generators (send the outcome, or for
+    ``wrapper=True`` throw the call's exception), so the guard relays to the plugin's generator."""
+    @functools.wraps(function)
+    def guarded(*args: Any, **kwargs: Any):
+        args, kwargs = own_args(args, kwargs)
+        try:
+            inner = function(*args, **kwargs)
+            next(inner)
+        except StopIteration:
+            failed(RuntimeError("its wrapper did not yield"))
+            return (yield)
+        except Exception as exc:
+            failed(exc)
+            return (yield)  # step aside: the call goes on as if this wrapper were not there
+        try:
+            outcome = yield
+        except BaseException as thrown:  # wrapper=True: what the call below raised
+            return _resume(inner, inner.throw, thrown, failed)
+        return _resume(inner, inner.send, outcome, failed)
+    return guarded
+
+
+def _resume(inner: Generator, step: Callable[[Any], Any], outcome: Any, failed: Callable) -> Any:
+    """Run the plugin's wrapper after the call; a failure of its own is reported and ``outcome``
+    passes through as if the wrapper had not been there."""
+    try:
+        step(outcome)
+    except StopIteration as stop:
+        return stop.value
+    except Exception as exc:
+        if exc is not outcome:  # re-raising the call's own exception is not the wrapper failing
+            failed(exc)
+    else:
+        inner.close()
+        failed(RuntimeError("its wrapper yielded twice"))
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
 
 def plugin_failures() -> list[PluginFailure]:

@@ -16,9 +16,11 @@ from pathlib import Path
 from .config import RunConfig, merge, resolve
 from .distillation.loop import run_distillation
 from .errors import RddError
-from .evaluation.pipeline import attack_plan, backbone_specs, evaluate_set, load_test_split
+from .evaluation.pipeline import attack_plan, backbone_specs, evaluate_set
 from .evaluation.report import plot_image_grid, write_report
 from .plugins import get_registry
+from .run.folder import CHECKPOINT_FILE, CONFIG_FILE, check_writable
+from .run.parts import load_test_split
 from .storage import load_distilled
 
 # CPU-sized: width-32 ConvNet, (outer, inner) = (10, 10) instead of DC's (10, 50), batch_real 64.
@@ -91,9 +93,18 @@ def _finished_set(folder: Path, config: RunConfig):
     return ds
 
 
+def _resumable(folder: Path, config: RunConfig) -> bool:
+    """An interrupted quickstart left a checkpoint of this exact config: continue it."""
+    try:
+        return (folder / CHECKPOINT_FILE).is_file() and \
+            resolve(config_file=folder / CONFIG_FILE).to_dict() == config.to_dict()
+    except RddError:
+        return False
+
+
 def run_quickstart(out: str | Path = "runs/quickstart", overrides: dict | None = None,
                    progress: bool = True) -> dict:
-    out = Path(out)
+    out = check_writable(out, "quickstart folder")
     registry = get_registry()
     configs = method_configs(overrides)
     first = next(iter(configs.values()))
@@ -108,8 +119,9 @@ def run_quickstart(out: str | Path = "runs/quickstart", overrides: dict | None =
         t0 = time.perf_counter()
         distilled = _finished_set(folder, cfg)
         reused = distilled is not None
-        if distilled is None:
-            distilled = run_distillation(cfg, registry, folder, progress=progress)
+        if distilled is None:  # the quickstart owns its sets' folders: a stale one is replaced
+            distilled = run_distillation(cfg, registry, folder, progress=progress,
+                                         resume=_resumable(folder, cfg), overwrite=True)
         t1 = time.perf_counter()
         rows = evaluate_set(distilled, cfg, registry, test=test, label=label, progress=progress,
                             seeds_dir=out / "seeds" / label.replace("+", "_"))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from .errors import RddError, UnknownNameError
 
@@ -17,6 +19,32 @@ _SINGULAR = {
     "attacks": "attack",
     "attack_suites": "attack suite",
 }
+
+
+class Register(Protocol):
+    """The ``register`` callback that every ``rdd_register_*`` hook receives.
+
+    Call it once per part the plugin provides. Names are global per kind: a name that another
+    plugin already registered is an error, unless one of the two registrations says
+    ``override=True``; that one wins, whichever plugin loads first.
+    """
+
+    def __call__(self, name: str, factory: Callable[..., Any], description: str = "",
+                 override: bool = False) -> None:
+        """Register one part.
+
+        :param name:
+            What users write to pick the part (``--distiller NAME``). A name ending in ``:``
+            registers a family: ``family:member`` then calls the factory with ``variant="member"``.
+        :param factory:
+            Builds the part; its signature is the hook's contract. Its parameters' annotations (or,
+            without one, their int/float/bool/str defaults) are checked against the user's values
+            before any work starts.
+        :param description:
+            One line for ``rdd plugins``.
+        :param override:
+            Replace a part of the same name from another plugin instead of failing.
+        """
 
 
 @dataclass(frozen=True)
@@ -95,21 +123,32 @@ class Registry:
 
     def check(self, kind: str, name: str, *args: Any, **params: Any) -> None:
         """Fail now, in one line, if ``factory(*args, **params)`` would not bind (unknown or missing
-        parameters), so that a typo surfaces before minutes of work instead of after them."""
+        parameters) or a parameter has the wrong type, so that a typo surfaces before minutes of
+        work instead of after them. Nothing is built."""
+        self._check(kind, name, args, params, partial=False)
+
+    def check_params(self, kind: str, name: str, **params: Any) -> None:
+        """:meth:`check` for the user's named parameters alone, before the positional arguments
+        exist (a backbone's channels and classes come from the dataset): unknown names and wrong
+        types fail, missing arguments do not."""
+        self._check(kind, name, (), params, partial=True)
+
+    def _check(self, kind: str, name: str, args: tuple, params: dict, *, partial: bool) -> None:
         entry, params = self._call_args(kind, name, params)
-        try:
-            signature = inspect.signature(entry.factory)
-        except (TypeError, ValueError):  # some C callables have no signature; let the call decide
+        signature = _signature(entry.factory)
+        if signature is None:
             return
         try:
-            signature.bind(*args, **params)
+            (signature.bind_partial if partial else signature.bind)(*args, **params)
         except TypeError as exc:
             accepted = [p for p in signature.parameters if p not in ("self", "args", "kwargs")]
             raise RddError(f"{_SINGULAR[kind]} {name!r} (plugin {entry.plugin!r}): {exc}; it takes "
                            f"{', '.join(accepted) or 'no parameters'}") from None
+        _check_types(f"{_SINGULAR[kind]} {name!r}", entry.factory, signature, params)
 
     def create(self, kind: str, name: str, *args: Any, **params: Any) -> Any:
-        """Build a part: ``factory(*args, **params)``; parameters it does not take are a one-line error.
+        """Build a part: ``factory(*args, **params)``; a parameter it does not take, or of a type it
+        rules out, is a one-line error (see :meth:`check`).
 
         A family entry (registered as ``"timm:"``) is called with ``variant=`` the rest of the name.
         """
@@ -129,3 +168,58 @@ class Registry:
             ]
             for kind in KINDS
         }
+
+
+# --- parameter types -------------------------------------------------------------------------------
+# Only the plain types a config file can hold are checked; anything richer is left to the factory.
+
+_TYPE_WORDS = {int: "an integer (int)", float: "a number (float)", bool: "true or false (bool)",
+               str: "a string (str)", type(None): "None"}
+
+
+def _signature(factory: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(factory)
+    except (TypeError, ValueError):  # some C callables have no signature; let the call decide
+        return None
+
+
+def _type_hints(factory: Callable[..., Any]) -> dict[str, Any]:
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # a hint naming what is not importable here: fall back to the defaults
+        return {}
+
+
+def _expected_types(annotation: Any, default: Any) -> tuple[type, ...] | None:
+    """The plain types a parameter accepts; ``None`` where that cannot be told (no hint, a rich one)."""
+    if annotation is inspect.Parameter.empty:
+        return (type(default),) if type(default) in (int, float, bool, str) else None
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    members = typing.get_args(annotation) if union else (annotation,)
+    plain = all(any(m is t for t in _TYPE_WORDS) for m in members)  # hints need not be hashable
+    return members if plain else None
+
+
+def _accepts(expected: type, value: Any) -> bool:
+    if isinstance(value, bool):  # bool is an int to Python, never a count or a rate to a user
+        return expected is bool
+    if expected is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, expected)
+
+
+def _check_types(part: str, factory: Callable[..., Any], signature: inspect.Signature, params: dict) -> None:
+    """A one-line error for the first of ``params`` whose type the factory's parameter rules out."""
+    hints = _type_hints(factory)
+    for name, value in params.items():
+        parameter = signature.parameters.get(name)
+        if parameter is None or parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        if value is None and parameter.default is None:  # ``x: int = None``, an implicit Optional
+            continue
+        expected = _expected_types(hints.get(name, parameter.empty), parameter.default)
+        if expected is not None and not any(_accepts(t, value) for t in expected):
+            wanted = " or ".join(_TYPE_WORDS[t] for t in expected)
+            raise RddError(f"{part} parameter {name} must be {wanted}, got {value!r}")

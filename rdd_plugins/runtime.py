@@ -28,7 +28,7 @@ import platform
 
 import torch
 
-from .config import resolve_device
+from .errors import RddError
 
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -58,6 +58,15 @@ def keep_freed_memory() -> bool:
     # shrink and regrow, faulting the same pages in again.
     _applied = bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)) and bool(libc.mallopt(_M_MMAP_MAX, 0))
     return _applied
+
+
+def resolve_device(name: str) -> torch.device:
+    """A config's ``device`` ("auto", "cpu", "cuda", "cuda:N") as a torch device that exists here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RddError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
 
 
 def prepare_device(name: str) -> torch.device:

@@ -48,12 +48,26 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp makes 0600 (and a writer may create the file anew): colleagues should read results
+        os.chmod(tmp, 0o666 & ~_umask())
         _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _umask() -> int:
+    try:  # Linux reports it without changing it (os.umask would, briefly, for every thread)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path, flags: int) -> None:
@@ -123,6 +137,8 @@ def load_distilled(folder: str | Path) -> DistilledSet:
     """Load and validate a distilled-set folder; any problem is a one-line RddError."""
     folder = Path(folder)
     images_path, meta_path = folder / IMAGES_FILE, folder / META_FILE
+    if folder.is_file():
+        raise RddError(f"{folder} is a file, not a distilled-set folder (one holding {IMAGES_FILE} and {META_FILE})")
     if not folder.is_dir():
         raise RddError(f"{folder} is not a distilled-set folder (it does not exist)")
     for p in (images_path, meta_path):

@@ -4,6 +4,8 @@ Tiny models on 1x8x8 images keep the file to seconds on a CPU; the few-step para
 for speed, the defaults are exercised where the attack is cheap enough (AutoAttack on 8 points).
 """
 
+import inspect
+import re
 import time
 
 import pytest
@@ -48,8 +50,8 @@ class Normalized(nn.Module):
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Ops on 8x8 batches are too small to split; with a second thread and a busy CPU each op can
-    wait milliseconds for it, which made AutoAttack here ten times slower."""
+    """Ops on 8x8 batches are too small to split, and on a busy CPU each op would wait for the
+    second thread; see docs/decisions.md."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -74,7 +76,7 @@ def separable_data(n=64, seed=0):
 
 
 def train_linear():
-    """A linear model that separates ``separable_data`` almost perfectly (trained in ~0.1 s)."""
+    """A linear model that separates ``separable_data`` almost perfectly, cheap enough to train per module."""
     torch.manual_seed(0)
     model = Normalized(nn.Sequential(nn.Flatten(), nn.Linear(64, N_CLASSES)))
     x, y = separable_data(256, seed=1)
@@ -126,6 +128,27 @@ def test_every_attack_is_registered_with_its_threat_model():
         assert getattr(entry.factory, "threat_model", "Linf") == ("L2" if name in L2_ATTACKS else "Linf"), name
 
 
+
+@pytest.mark.parametrize("name", sorted(ALL_ATTACKS))
+def test_description_states_every_keyword_default_of_the_factory(name):
+    # The description is read from the signature, so `rdd plugins` cannot show a stale default.
+    entry = rdd_plugins.get_registry().get("attacks", name)
+    for param in inspect.signature(entry.factory).parameters.values():
+        if param.kind is not param.KEYWORD_ONLY:
+            continue
+        stated = f"{param.name}=" if param.default is None else f"{param.name}={param.default}"
+        assert re.search(rf"\b{re.escape(stated)}", entry.description), (name, stated, entry.description)
+
+
+@pytest.mark.parametrize("name", ["pgd", "pgd-l2", "mifgsm", "jitter"])
+def test_a_step_left_unset_is_the_step_the_description_states(name):
+    # alpha=None stands for a rule of eps and steps; the description's rule must be the one taken.
+    entry = rdd_plugins.get_registry().get("attacks", name)
+    rule = re.search(r"\balpha=([^,;]+)", entry.description).group(1)
+    eps, steps = 8 / 255, inspect.signature(entry.factory).parameters["steps"].default
+    attack = create(name, tiny_conv(), eps)._build(None)
+    assert attack.alpha == pytest.approx(eval(rule, {"__builtins__": {}}, {"eps": eps, "steps": steps}))
+
 @pytest.mark.parametrize("name", sorted(ALL_ATTACKS))
 def test_attack_keeps_the_contract(name):
     model = tiny_conv()
@@ -146,8 +169,8 @@ def test_attack_keeps_the_contract(name):
 
 @pytest.mark.parametrize("name", sorted(ALL_ATTACKS))
 def test_attack_breaks_a_trained_model_at_a_large_eps(name, trained):
-    """Linf 0.3 / L2 3.0 are far beyond this model's margins (clean accuracy 100%): a working attack
-    breaks nearly every point, one that does nothing leaves accuracy near 100%."""
+    """Linf 0.3 / L2 3.0 are far beyond this model's margins, and the model classifies these points
+    almost all correctly: a working attack breaks nearly every point, one that does nothing none."""
     model, x, y = trained
     eps = 3.0 if name in L2_ATTACKS else 0.3
     # Square keeps AutoAttack's p-schedule (made for 5000 queries); 1000 queries break this model.
@@ -319,8 +342,8 @@ def test_attacks_work_under_an_outer_no_grad(trained):
 
 @pytest.mark.parametrize("name, eps", [("autoattack", 0.1), ("autoattack-l2", 0.5)])
 def test_autoattack_with_its_defaults_on_a_few_points(name, eps, trained):
-    """Standard AutoAttack (100 steps, Square 5000 queries) on 8 points, about half of which survive
-    all four stages: ~1-2 s on one core."""
+    """Standard AutoAttack (100 steps, Square 5000 queries) on 8 points, some of which survive all
+    four stages, so every stage runs; 8 points keep it to seconds (see docs/decisions.md)."""
     model, x, y = trained
     x, y = x[:8], y[:8]
     start = time.perf_counter()

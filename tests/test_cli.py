@@ -115,7 +115,20 @@ def test_quickstart_runs_end_to_end_on_synthetic(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["distill", "--dataset", "synthetic", "--distiller", "gmm", "--out", "X"], "unknown distiller 'gmm'; known: dm, dsa, gm, herding, random, sre2l"),
     (["distill", "--dataset", "synthetic", "--regularizer", "cure2", "--out", "X"], "unknown regularizer 'cure2'"),
-    (["distill", "--dataset", "synthetic", "--ipc", "0", "--out", "X"], "ipc must be a positive integer"),
+    (["distill", "--dataset", "synthetic", "--ipc", "0", "--out", "X"], "--ipc: must be at least 1, got 0"),
+    (["distill", "--dataset", "synthetic", "--iterations", "0", "--out", "X"], "--iterations: must be at least 1"),
+    (["distill", "--dataset", "fashion-mnist", "--data-root", "NOPE", "--out", "X"], "NOPE does not exist"),
+    (["distill", "--dataset", "synthetic", "--backbone", "timm:no_such_net", "--out", "X"], "no_such_net"),
+    (["distill", "--dataset", "synthetic", "--set", "distill.params.lr_img=abc", "--out", "X"],
+     "parameter lr_img must be a number"),
+    (["distill", "--dataset", "synthetic", "--set", "backbone.params.width=\"16\"", "--out", "X"],
+     "parameter width must be an integer"),
+    (["distill", "--resume", "GOOD", "--ipc", "3"], "drop --ipc"),
+    (["evaluate", "GOOD", "--epochs", "0"], "--epochs: must be at least 1"),
+    (["evaluate", "GOOD", "--eps", "2/0"], "divides by zero"),
+    (["evaluate", "GOOD", "--eps", "-1/255"], "negative"),
+    (["evaluate", "FILE"], "is a file, not a distilled-set folder"),
+    (["evaluate", "GOOD", "--out", "READONLY/out"], "not writable"),
     (["distill", "--dataset", "cifar10", "--data-root", "EMPTY", "--out", "X"], "cifar10 not found"),
     (["distill", "--dataset", "synthetic", "--set", "distill.ipcs=3", "--out", "X"], "unknown config key distill.'ipcs'"),
     (["distill", "--config", "missing.toml", "--out", "X"], "config file missing.toml does not exist"),
@@ -124,7 +137,7 @@ def test_quickstart_runs_end_to_end_on_synthetic(tmp_path):
     (["evaluate", "GOOD", "--eps", "8"], "eps '8' is outside [0, 1]"),
     (["evaluate", "GOOD", "--attack", "pgdd"], "unknown attack 'pgdd'"),
     (["evaluate", "GOOD"], "does not fit the test data"),
-    (["evaluate", "GOOD", "--n-test", "-3"], "n_test must be >= 0"),
+    (["evaluate", "GOOD", "--n-test", "-3"], "--n-test: must be at least 0"),
     (["evaluate", "GOOD", "--eps", "abc"], "eps 'abc' is not a number"),
     (["evaluate", "GOOD", "--suite", "quik"], "unknown attack suite 'quik'; known: autoattack, dd-robustbench"),
     (["evaluate", "GOOD", "--eps-l2", "100"], "L2 eps '100' is outside [0, 64]"),
@@ -148,12 +161,16 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
     save_file({"images": torch.rand(2, 1, 4, 4) + 1, "labels": torch.tensor([0, 1])},
               tmp_path / "BADRANGE" / "images.safetensors")
     (tmp_path / "EMPTY").mkdir()
-    args = [str(tmp_path / a) if a in ("NOPE", "BADRANGE", "GOOD", "EMPTY", "X") else a for a in args]
+    (tmp_path / "FILE").write_text("not a set")
+    # /proc takes no files, even from root (a 0500 folder would not stop root, as CI runs)
+    args = [str(tmp_path / a) if a in ("NOPE", "BADRANGE", "GOOD", "EMPTY", "X", "FILE") else
+            "/proc/rdd-test-out" if a == "READONLY/out" else a for a in args]
     proc = rdd(*args, check=False, )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith("rdd: error: ") and message in lines[0], lines[0]
+    assert not (tmp_path / "X").exists(), "bad input must fail before anything is written"
 
 
 def test_benchmark_runs_autoattack_on_the_first_points_and_writes_model_info(tmp_path):

@@ -106,5 +106,15 @@ def test_download_path_returns_the_requested_split(tmp_path, monkeypatch, split,
 
     monkeypatch.setattr(tvd, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeDownload)
+    (tmp_path / "root").mkdir()
     data = tvd.fashion_mnist(str(tmp_path / "root"), split)
     assert data.images.shape[0] == n
+
+
+def test_a_named_data_root_is_the_only_place_looked_in(tmp_path):
+    """A root the user names must hold the data: Debian's copy is not used silently in its place."""
+    with pytest.raises(RddError, match="does not exist"):
+        tvd.fashion_mnist(str(tmp_path / "typo"), "test", download=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RddError, match=f"looked in {tmp_path / 'empty'},"):
+        tvd.fashion_mnist(str(tmp_path / "empty"), "test", download=False)

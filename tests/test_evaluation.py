@@ -124,8 +124,8 @@ def test_an_interrupted_evaluation_continues_from_its_finished_seeds(make_config
     (seeds_dir / "convnet-seed1.json").unlink()
     (tmp_path / "eval" / "results.json").unlink()
     trained = []
-    real_train = pipeline.train_model
-    monkeypatch.setattr(pipeline, "train_model", lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    real_train = pipeline.train_on_set
+    monkeypatch.setattr(pipeline, "train_on_set", lambda *a, **k: trained.append(1) or real_train(*a, **k))
     (again,) = rdd_plugins.evaluate(tmp_path / "set", out=tmp_path / "eval", progress=False)
     assert len(trained) == 1  # only the missing seed was trained again
 

@@ -239,3 +239,42 @@ def test_an_override_wins_whichever_plugin_loads_first():
     registry.absorb(staged("a", override=False))
     with pytest.raises(RddError, match="already registered by plugin 'a'"):
         registry.absorb(staged("b", override=False))
+
+
+@pytest.mark.parametrize("builtin", plugins.BUILTIN_PLUGINS)
+def test_a_builtin_plugin_cannot_be_disabled(monkeypatch, builtin):
+    monkeypatch.setenv("RDD_DISABLE_PLUGINS", f"torchattacks, {builtin}")
+    with pytest.raises(RddError) as err:
+        rdd_plugins.get_registry()
+    message = str(err.value)
+    assert f"plugin {builtin!r} is built in and cannot be disabled" in message and "\n" not in message
+
+
+def test_registration_hooks_are_typed_and_documented_in_param_style():
+    from typing import get_type_hints
+
+    from rdd_plugins.registry import Register
+
+    for kind in EXPECTED:
+        spec = getattr(hookspecs, f"rdd_register_{kind}")
+        assert get_type_hints(spec)["register"] is Register, kind
+        assert ":param register:" in spec.__doc__, kind
+    for name, argument in (("rdd_distill_step", "step"), ("rdd_distill_finished", "result"),
+                           ("rdd_evaluation_finished", "report")):
+        assert f":param {argument}:" in getattr(hookspecs, name).__doc__
+    assert list(inspect.signature(Register.__call__).parameters) == ["self", "name", "factory", "description",
+                                                                      "override"]
+
+
+def test_the_distiller_contract_is_written_once_in_the_protocol():
+    from rdd_plugins.distillation.contract import Distiller
+
+    hook_doc = hookspecs.rdd_register_distillers.__doc__
+    assert "rdd_plugins.distillation.contract.Distiller" in hook_doc
+    contract = "".join(filter(None, (Distiller.__doc__, Distiller.init.__doc__, Distiller.step.__doc__,
+                                     Distiller.result.__doc__)))
+    for detail in ("iterations_needed", "soft_labels", "crop_boxes", "preview", "knowledge distillation"):
+        assert detail not in hook_doc, detail
+    for detail in ("soft_labels", "crop_boxes", "preview", "knowledge distillation", "factory(**params)"):
+        assert detail in contract, detail
+    assert "iterations_needed" in inspect.getsource(Distiller)

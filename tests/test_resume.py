@@ -131,10 +131,10 @@ def test_resume_refuses_a_checkpoint_of_another_config_and_fresh_runs_replace_it
     cfg = make_config(iterations=2, checkpoint_every=1)
     rdd_plugins.distill(cfg, out=tmp_path, progress=False)
     other = make_config(iterations=2, checkpoint_every=0, ipc=3)
-    rdd_plugins.distill(other, out=tmp_path, progress=False)
+    rdd_plugins.distill(other, out=tmp_path, progress=False, overwrite=True)
     assert not (tmp_path / CHECKPOINT_FILE).exists()  # the fresh run removed the stale checkpoint
 
-    rdd_plugins.distill(make_config(iterations=2, checkpoint_every=1), out=tmp_path, progress=False)
+    rdd_plugins.distill(make_config(iterations=2, checkpoint_every=1), out=tmp_path, progress=False, overwrite=True)
     (tmp_path / "config.toml").write_text((tmp_path / "config.toml").read_text().replace("ipc = 2", "ipc = 3"))
     with pytest.raises(RddError, match="another config"):
         rdd_plugins.distill(out=tmp_path, resume=True, progress=False)

@@ -130,7 +130,7 @@ def test_plan_mixes_a_suite_with_single_attacks_and_eps_lists(fake_parts):
     ({"suite": "bad-eps"}, "unknown threat models linf"),
     ({"attacks": ["pgd"], "attack_params": {"stepz": 3}}, "unexpected keyword argument 'stepz'"),
     ({"attacks": ["pgd"], "attack_params": {"steps": 0}}, "pgd: steps must be an integer >= 1"),
-    ({"suite": "quick", "attacks": ["square"], "attack_params": {"square": {"n_queries": 0.5}}}, "square: n_queries"),
+    ({"suite": "quick", "attacks": ["square"], "attack_params": {"square": {"n_queries": 0.5}}}, "square.*n_queries"),
     ({"attacks": ["fgsm"], "eps_l2": ["0.5"]}, "no L2 attack runs"),
     ({"attacks": ["fgsm"], "eps": ["8/255", "16/510"]}, "the same Linf eps twice"),
 ])

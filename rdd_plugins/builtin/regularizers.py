@@ -43,13 +43,12 @@ class Curvature:
 
     ``form="absolute"`` (default) uses λ·|ℓ(x+z) − ℓ(x)| on the batch mean, as GUARD's released
     code does; ``"difference"`` drops the |·|. They differ only on batches where stepping along the
-    gradient lowers the loss: rare (benchmarks/curvature_sign.py found none of 300 class batches on
-    fresh or briefly trained nets) but it happens during distillation, and there the difference
-    form would reward a loss decrease (README has the evidence).
+    gradient lowers the loss: rare, but it happens during distillation, and there the difference
+    form would reward a loss decrease (docs/decisions.md).
 
     Defaults h = 1.0 (GUARD's h = 3 in normalized units is 3 × 0.353 ≈ 1.06 pixel L2 on
-    Fashion-MNIST) and λ = 0.3, from the sweep in README (λ ∈ {0.1, 0.3, 1, 3, 10}, h ∈ {0.5, 1, 2}):
-    λ ≥ 1 lowered clean and robust accuracy; λ = 0.3 kept clean accuracy.
+    Fashion-MNIST) and λ = 0.3: larger λ lowered clean and robust accuracy, 0.3 kept clean accuracy
+    (docs/decisions.md).
     """
 
     def __init__(self, h: float = 1.0, lam: float = 0.3, form: str = "absolute") -> None:
@@ -75,7 +74,7 @@ class Curvature:
 class Cure:
     """Exact CURE (Moosavi-Dezfooli et al., CVPR 2019) as GUARD's public code uses it:
     penalty = λ · mean_i ‖∇ₓᵢ[ℓᵢ(x + z) − ℓᵢ(x)]‖₂ with z = h · ∇ₓℓ/‖∇ₓℓ‖ held constant, by double
-    backprop (about 2x the cost of ``curvature``).
+    backprop (dearer than ``curvature``: a second-order backward; docs/decisions.md).
 
     ℓᵢ is the per-sample loss. CURE's and GUARD's code take ∇ₓ of the batch-mean loss, which
     divides every term by the batch size B: their λ (GUARD: 100) equals our λ · B.

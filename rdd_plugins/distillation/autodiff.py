@@ -2,10 +2,9 @@
 torch.func transform is active.
 
 Regularizers and the matching step are written once, with these, so the same code can be vmapped
-over classes (on CUDA) and looped (on CPU). Looped on a CPU, torch.func's grad transform measured
-27 % slower than autograd for DC's width-128 ConvNet at batch 256 (benchmarks/bench_distill.py
---setting dc: our step was 0.72x DC's own code before this module), so outside a transform the
-same functions run on autograd: identical math, gradients equal to float rounding.
+over classes (on CUDA) and looped (on CPU). Looped on a CPU, torch.func's grad transform is slower
+than plain autograd (docs/decisions.md), so outside a transform the same functions run on autograd:
+identical math, gradients equal to float rounding.
 
 Semantics follow torch.func: the differentiated arguments are fresh variables; the result keeps a
 graph only when something outside asks for one, i.e. inside another of these grads (CURE's double

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ class DistillContext:
     make_model: Callable[[], nn.Module]  # a fresh, randomly initialised backbone on ``device``
     regularizer: "Regularizer"
     device: torch.device
+    progress: bool = True  # a distiller with a long phase of its own (a teacher, features) shows a bar
 
     def __post_init__(self) -> None:
         labels = self.train.labels
@@ -57,21 +58,45 @@ class Regularizer(Protocol):
 
 
 class Distiller(Protocol):
-    """A distiller owns its state; the loop owns iterations, progress and storage.
+    """What ``rdd_register_distillers`` factories return: ``factory(**params) -> Distiller``, the
+    ``params`` being the user's ``distill.params``.
 
-    ``state`` is a dict of tensors and plain data, so a checkpoint can capture it whole.
+    The distillation loop owns iterations, progress, checkpoints and storage; a distiller owns its
+    state. ``state`` is a dict of tensors and plain data, so a checkpoint can capture it whole.
     """
 
     iterations_needed: bool
+    """``False`` for a one-shot selector (a random subset, herding): it does all its work in
+    :meth:`init` and the loop runs no steps. Absent means ``True``."""
 
-    def init(self, context: DistillContext) -> dict: ...
+    def init(self, context: DistillContext) -> dict:
+        """The starting state, before the first step (a resumed run starts from its checkpoint)."""
 
-    def step(self, state: dict, context: DistillContext) -> dict[str, float]: ...
+    def step(self, state: dict, context: DistillContext) -> dict[str, float]:
+        """One iteration: update ``state`` in place and return the losses to log, by name."""
 
     def result(self, state: dict, context: DistillContext) -> tuple[torch.Tensor, ...]:
-        """(images, labels), (images, labels, soft_labels (N, classes)), or with per-crop relabelling
-        (images, labels, soft_labels (N, views, classes), crop_boxes (N, views, 5)): rdd_plugins.crops.
+        """The distilled set when the run ends, in one of three forms:
+
+        * ``(images, labels)``;
+        * ``(images, labels, soft_labels)``: teacher logits, ``(N, classes)``; evaluation then
+          trains with knowledge distillation;
+        * ``(images, labels, soft_labels, crop_boxes)`` for per-crop relabelling: logits
+          ``(N, views, classes)`` for the crop views ``(N, views, 5)`` of :mod:`rdd_plugins.crops`;
+          evaluation trains epoch ``e`` on view ``e mod views``.
 
         A distiller whose result() is costly (a teacher relabelling) may also define
         ``preview(state, context) -> (images, labels)``; the loop then uses it to show plugins the
         images so far."""
+
+
+@dataclass(frozen=True)
+class DistillStep:
+    """Read-only view of one finished distillation iteration (see ``rdd_distill_step``)."""
+
+    iteration: int
+    iterations: int
+    losses: dict
+    seconds: float
+    config: dict = field(repr=False)
+    images: Callable[[], Any] = field(repr=False)

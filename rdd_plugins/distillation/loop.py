@@ -1,48 +1,278 @@
 """THE distillation loop. It names no concrete component: every part comes from the registry.
 
-The loop owns iterations, progress, the NaN guard, checkpoints and storage; the distiller owns its
-state. With a run folder, a checkpoint is written every ``distill.checkpoint_every`` iterations and
-``resume=True`` continues from the last one, bit-identically on CPU.
+The loop owns iterations, progress, the NaN guard, checkpoints and the run folder; the distiller owns
+its state. With a run folder, a checkpoint is written every ``distill.checkpoint_every`` iterations
+and on Ctrl-C; ``resume=True`` continues from the last one, bit-identically on CPU.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng, run_fingerprint, save_checkpoint
+from ..checkpoint import load_checkpoint, restore_rng, run_fingerprint, save_checkpoint
 from ..config import RunConfig, to_toml
 from ..errors import RddError
-from ..lifecycle import DistillStep, notify
+from ..lifecycle import notify
 from ..progress import bar
 from ..registry import Registry
+from ..run.folder import CONFIG_FILE, HISTORY_FILE, StagedRun, check_writable
+from ..run.interrupt import stop_between_steps
+from ..run.parts import check_backbone, load_split, model_factory
 from ..runtime import prepare_device
-from ..storage import IMAGES_FILE, META_FILE, DistilledSet, atomic_write_text, save_distilled, write_json
+from ..storage import DistilledSet, atomic_write_text, load_distilled, save_distilled, write_json
 from ..versions import package_versions
-from .contract import DistillContext
+from .contract import DistillContext, DistillStep
 
-HISTORY_FILE = "history.json"
-RUN_FILES = (CHECKPOINT_FILE, IMAGES_FILE, META_FILE, HISTORY_FILE)
-
-
-def load_split(registry: Registry, config: RunConfig, split: str):
-    data = config.data
-    return registry.create("datasets", data.dataset, data.root or None, split, **data.params)
+# What a later command derived from a folder's set; it describes a set that a new one replaces.
+DERIVED = ("evaluation", "benchmark")
 
 
-def model_factory(registry: Registry, name: str, params: dict, dataset, device: torch.device):
-    """A zero-argument callable giving a fresh backbone for ``dataset`` on ``device``."""
-    registry.get("backbones", name)  # fail on an unknown name before any work starts
+@dataclass
+class Progress:
+    """Where a run stands: what the loop carries from one section to the next."""
 
-    def make_model():
-        model = registry.create("backbones", name, dataset.channels, dataset.num_classes,
-                                dataset.image_size, dataset.mean, dataset.std, **params)
-        return model.to(device)
+    state: dict
+    completed: int
+    history: list
+    saved: int | None = None  # the iteration the checkpoint on disk holds
+    interrupted: bool = False
+    mid_step: bool = False  # interrupted inside a step: the state may hold part of it
+    stopped_early: bool = False
 
-    return make_model
+
+def run_distillation(config: RunConfig, registry: Registry, out: str | Path | None = None,
+                     progress: bool = True, resume: bool = False, overwrite: bool = False) -> DistilledSet:
+    """Distil ``config``'s dataset; write the set, its meta, history and the resolved config to ``out``.
+
+    A fresh run into a folder that holds a set needs ``overwrite``, and replaces it only once it has
+    a checkpoint (run/folder.py). ``resume`` continues the run in ``out``; a larger
+    ``distill.iterations`` than the run's extends it.
+    """
+    # -- set up: every part built, and so validated, before anything is written --------------------
+    device = prepare_device(config.device)
+    check_parts(config, registry)
+    output = RunOutput(out, resume=resume, overwrite=overwrite)
+    distiller, context = build_parts(config, registry, device, progress)
+    iterations = iteration_budget(distiller, config)
+    resolved = config.to_dict()
+
+    # -- resume, or start ----------------------------------------------------------------------------
+    started = time.perf_counter()
+    if resume:
+        run = resume_run(output.where, device, resolved, iterations)
+        if run is None:  # finished at this budget already: its set, and what was derived from it, stay
+            return load_distilled(output.where)
+    else:
+        run = Progress(distiller.init(context), 0, [])
+    output.open(resolved)
+    try:
+        # -- iterate -------------------------------------------------------------------------------
+        iterate(run, distiller, context, config, iterations, progress, output)
+        # -- package -------------------------------------------------------------------------------
+        result = package(run, distiller, context, config, iterations, time.perf_counter() - started)
+        # -- save ----------------------------------------------------------------------------------
+        output.save(run, result)
+    except BaseException:
+        output.discard()  # a fresh run that failed before its first checkpoint leaves no trace
+        raise
+    if run.interrupted:
+        output.discard()
+        raise KeyboardInterrupt
+    notify("rdd_distill_finished", result=result)
+    return result
+
+
+class RunOutput:
+    """Where a run writes: nowhere, its own folder (a resume), or a staged folder that replaces the
+    target at the first checkpoint (a fresh run)."""
+
+    def __init__(self, out: str | Path | None, *, resume: bool, overwrite: bool) -> None:
+        if resume and not out:
+            raise RddError("resume needs the run folder")
+        self.staged = StagedRun(out, overwrite=overwrite) if out and not resume else None
+        self.folder = check_writable(out, "run folder") if resume else None
+        self.fingerprint = ""
+
+    @property
+    def where(self) -> Path | None:
+        return self.staged.path if self.staged is not None else self.folder
+
+    def open(self, resolved: dict) -> None:
+        self.fingerprint = run_fingerprint(resolved)
+        if self.staged is not None:
+            self.staged.open()
+        if self.where is not None:
+            atomic_write_text(self.where / CONFIG_FILE, to_toml(resolved))
+
+    def checkpoint(self, run: Progress) -> None:
+        if self.where is None:
+            return
+        save_checkpoint(self.where, iteration=run.completed, state=run.state, history=run.history,
+                        fingerprint=self.fingerprint)
+        run.saved = run.completed
+        if self.staged is not None:
+            self.staged.publish()  # the new run has something to show: it replaces the old one now
+
+    def save(self, run: Progress, result: DistilledSet) -> None:
+        """The set, with a checkpoint first when Ctrl-C stopped the run between steps. A run
+        interrupted inside a step before its first checkpoint has nothing whole to show."""
+        if run.interrupted and not run.mid_step and run.saved != run.completed:
+            self.checkpoint(run)
+        if self.where is None or (run.interrupted and self.staged is not None and not self.staged.published):
+            return
+        if self.staged is not None:
+            self.staged.publish()
+        save_run(self.where, result, run.history)
+
+    def discard(self) -> None:
+        if self.staged is not None:
+            self.staged.discard()  # a no-op once published: the new run's checkpoints stay
+
+
+def build_parts(config: RunConfig, registry: Registry, device: torch.device, progress: bool):
+    """The distiller and what it may use: the training split on ``device``, a model factory, the
+    regularizer."""
+    dcfg = config.distill
+    torch.manual_seed(config.seed)
+    train = load_split(registry, config, "train")
+    train.images, train.labels = train.images.to(device), train.labels.to(device)
+    distiller = registry.create("distillers", dcfg.distiller, **dcfg.params)
+    context = DistillContext(
+        train=train, ipc=dcfg.ipc, iterations=dcfg.iterations,
+        make_model=model_factory(registry, config.backbone.name, config.backbone.params, train, device),
+        regularizer=registry.create("regularizers", dcfg.regularizer, **dcfg.regularizer_params),
+        device=device, progress=progress,
+    )
+    return distiller, context
+
+
+def iteration_budget(distiller, config: RunConfig) -> int:
+    """0 for a one-shot selector; otherwise the config's, which must be at least 1."""
+    if not getattr(distiller, "iterations_needed", True):
+        return 0
+    if config.distill.iterations == 0:
+        raise RddError(f"distiller {config.distill.distiller!r} needs iterations; 0 would give its initial images")
+    return config.distill.iterations
+
+
+def resume_run(folder: Path, device: torch.device, resolved: dict, iterations: int) -> Progress | None:
+    """The run as its last checkpoint left it, random streams restored; None when it is finished
+    at this budget."""
+    completed, state, history, rng = load_checkpoint(folder, device, resolved)
+    if completed > iterations:
+        raise RddError(f"{folder} is at iteration {completed}; --iterations {iterations} cannot shorten it")
+    if completed == iterations and _finished(folder, iterations):
+        return None
+    restore_rng(rng)
+    return Progress(state, completed, history, saved=completed)
+
+
+def _finished(folder: Path, iterations: int) -> bool:
+    try:
+        meta = load_distilled(folder).meta
+    except RddError:
+        return False
+    return meta.get("completed_iterations") == iterations and not meta.get("interrupted")
+
+
+def check_parts(config: RunConfig, registry: Registry) -> None:
+    """Unknown names and parameters that do not fit their part fail here, in one line."""
+    dcfg = config.distill
+    registry.check_params("datasets", config.data.dataset, **config.data.params)
+    registry.check_params("backbones", config.backbone.name, **config.backbone.params)
+    registry.check("distillers", dcfg.distiller, **dcfg.params)
+    registry.check("regularizers", dcfg.regularizer, **dcfg.regularizer_params)
+
+
+def iterate(run: Progress, distiller, context: DistillContext, config: RunConfig, iterations: int,
+            progress: bool, output: RunOutput) -> None:
+    """Step the distiller from ``run.completed`` to ``iterations``; checkpoint as configured; stop
+    between steps on Ctrl-C (``run.interrupted``) or when a plugin asks (``run.stopped_early``)."""
+    dcfg = config.distill
+    every = dcfg.checkpoint_every
+    with stop_between_steps("distillation") as stop, \
+            bar(total=iterations, initial=run.completed, desc=f"distill {dcfg.distiller}+{dcfg.regularizer}",
+                enabled=progress) as pbar:
+        try:
+            for it in range(run.completed, iterations):
+                t0 = time.perf_counter()
+                losses = distiller.step(run.state, context)
+                bad = _non_finite(losses, run.state)
+                if bad:
+                    kept = f"; the last good checkpoint (iteration {run.saved}) is kept" if run.saved is not None else ""
+                    raise RddError(f"iteration {it}: non-finite {bad}{kept}; lower the learning rates")
+                run.history.append({"iteration": it, "seconds": round(time.perf_counter() - t0, 4), **losses})
+                run.completed = it + 1
+                if every and (run.completed % every == 0 or run.completed == iterations):
+                    output.checkpoint(run)
+                pbar.update(1)
+                pbar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
+                if _plugins_ask_to_stop(run, distiller, context, config, iterations, losses):
+                    run.stopped_early = True
+                    return
+                if stop.requested:
+                    run.interrupted = True
+                    return
+        except KeyboardInterrupt:
+            # A second Ctrl-C, mid-step: the state may hold part of a step, so no checkpoint of it;
+            # the set is kept and marked, and --resume continues from the last checkpoint.
+            run.interrupted = run.mid_step = True
+
+
+def _plugins_ask_to_stop(run: Progress, distiller, context, config, iterations, losses) -> bool:
+    view = DistillStep(iteration=run.completed, iterations=iterations, losses=dict(losses),
+                       # a fresh copy per call: a plugin that mutates it cannot touch the run
+                       seconds=run.history[-1]["seconds"], config=config.to_dict(),
+                       images=lambda: current_images(distiller, run.state, context))
+    with _forked_rng(context.device):
+        answers = notify("rdd_distill_step", step=view)
+    return any(r is True for r in answers)
+
+
+def package(run: Progress, distiller, context: DistillContext, config: RunConfig, iterations: int,
+            seconds: float) -> DistilledSet:
+    """The distiller's result with its meta: what made it, and how far its run got."""
+    dcfg = config.distill
+    # a relabelling distiller adds soft labels, and with per-crop relabelling the crop boxes
+    images, labels, *relabel = distiller.result(run.state, context)
+    if len(relabel) > 2:
+        raise RddError(f"{dcfg.distiller}: result() gave {len(relabel) + 2} tensors; expected images, labels"
+                       f"[, soft_labels[, crop_boxes]]")
+    soft_labels, crop_boxes = ([t.detach().cpu() for t in relabel] + [None, None])[:2]
+    meta = {
+        "dataset": context.train.meta(),
+        "ipc": dcfg.ipc,
+        "distiller": dcfg.distiller,
+        "regularizer": dcfg.regularizer,
+        "backbone": config.backbone.name,
+        "seed": config.seed,
+        "iterations": iterations,
+        "completed_iterations": run.completed,
+        "interrupted": run.interrupted,
+        "stopped_early": run.stopped_early,
+        "seconds": round(seconds, 3),
+        "device": str(context.device),
+        "config": config.to_dict(),
+        "versions": package_versions(),
+    }
+    return DistilledSet(images.detach().cpu(), labels.detach().cpu(), meta, soft_labels, crop_boxes)
+
+
+def save_run(folder: Path, result: DistilledSet, history: list) -> None:
+    """The set, its meta and history; what was derived from the folder's previous set goes."""
+    for name in DERIVED:
+        if (folder / name).exists():
+            shutil.rmtree(folder / name)
+            print(f"rdd: removed {folder / name} (it described the set this run replaced)", file=sys.stderr)
+    save_distilled(folder, result.images, result.labels, result.meta, result.soft_labels, result.crop_boxes)
+    write_json(folder / HISTORY_FILE, {"history": history})
 
 
 def _non_finite(losses: dict[str, float], state: dict) -> str:
@@ -72,107 +302,4 @@ def current_images(distiller, state: dict, context: DistillContext) -> tuple[tor
         return tuple(t.detach().clone() for t in tensors)
 
 
-def run_distillation(config: RunConfig, registry: Registry, out: str | Path | None = None,
-                     progress: bool = True, resume: bool = False) -> DistilledSet:
-    """Distil ``config``'s dataset; write the set, its meta and the resolved config to ``out``."""
-    dcfg = config.distill
-    for kind, name in (("distillers", dcfg.distiller), ("regularizers", dcfg.regularizer),
-                       ("datasets", config.data.dataset), ("backbones", config.backbone.name)):
-        registry.get(kind, name)
-    if resume and not out:
-        raise RddError("resume needs the run folder")
-    device = prepare_device(config.device)
-    torch.manual_seed(config.seed)
-    train = load_split(registry, config, "train")
-    train.images, train.labels = train.images.to(device), train.labels.to(device)
-    distiller = registry.create("distillers", dcfg.distiller, **dcfg.params)
-    context = DistillContext(
-        train=train,
-        ipc=dcfg.ipc,
-        iterations=dcfg.iterations,
-        make_model=model_factory(registry, config.backbone.name, config.backbone.params, train, device),
-        regularizer=registry.create("regularizers", dcfg.regularizer, **dcfg.regularizer_params),
-        device=device,
-    )
-    out_dir = Path(out) if out else None
-    resolved = config.to_dict()
-    fingerprint = run_fingerprint(resolved)
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:  # a fresh run replaces the folder's previous run, checkpoint included
-            for name in RUN_FILES:
-                (out_dir / name).unlink(missing_ok=True)
-        atomic_write_text(out_dir / "config.toml", to_toml(resolved))
-
-    started = time.perf_counter()
-    iterations = dcfg.iterations if getattr(distiller, "iterations_needed", True) else 0
-    if resume:
-        completed, state, history, rng = load_checkpoint(out_dir, device, fingerprint)
-        restore_rng(rng)
-    else:
-        state = distiller.init(context)
-        completed, history = 0, []
-    saved = completed if resume else None  # the iteration the checkpoint on disk holds
-    checkpointing = bool(out_dir and dcfg.checkpoint_every and iterations)
-    interrupted = stopped_early = False
-    try:
-        with bar(total=iterations, initial=completed, desc=f"distill {dcfg.distiller}+{dcfg.regularizer}",
-                 enabled=progress) as pbar:
-            for it in range(completed, iterations):
-                t0 = time.perf_counter()
-                losses = distiller.step(state, context)
-                bad = _non_finite(losses, state)
-                if bad:
-                    kept = f"; the last good checkpoint (iteration {saved}) is kept" if saved is not None else ""
-                    raise RddError(f"iteration {it}: non-finite {bad}{kept}; lower the learning rates")
-                history.append({"iteration": it, "seconds": round(time.perf_counter() - t0, 4), **losses})
-                completed = it + 1
-                if checkpointing and (completed % dcfg.checkpoint_every == 0 or completed == iterations):
-                    save_checkpoint(out_dir, iteration=completed, state=state, history=history,
-                                    fingerprint=fingerprint)
-                    saved = completed
-                pbar.update(1)
-                pbar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
-                view = DistillStep(iteration=completed, iterations=iterations, losses=dict(losses),
-                                   # a fresh copy per call: a plugin that mutates it cannot touch the run
-                                   seconds=history[-1]["seconds"], config=config.to_dict(),
-                                   images=lambda: current_images(distiller, state, context))
-                with _forked_rng(device):
-                    answers = notify("rdd_distill_step", step=view)
-                if any(r is True for r in answers):
-                    stopped_early = True
-                    break
-    except KeyboardInterrupt:
-        # Keep what was distilled so far (the meta says how far it got, and that the images may
-        # include part of the next iteration); --resume continues from the last checkpoint.
-        interrupted = True
-    # a relabelling distiller adds soft labels, and with per-crop relabelling the crop boxes
-    images, labels, *relabel = distiller.result(state, context)
-    if len(relabel) > 2:
-        raise RddError(f"{dcfg.distiller}: result() gave {len(relabel) + 2} tensors; expected images, labels"
-                       f"[, soft_labels[, crop_boxes]]")
-    soft_labels, crop_boxes = ([t.detach().cpu() for t in relabel] + [None, None])[:2]
-    meta = {
-        "dataset": train.meta(),
-        "ipc": dcfg.ipc,
-        "distiller": dcfg.distiller,
-        "regularizer": dcfg.regularizer,
-        "backbone": config.backbone.name,
-        "seed": config.seed,
-        "iterations": iterations,
-        "completed_iterations": completed,
-        "interrupted": interrupted,
-        "stopped_early": stopped_early,
-        "seconds": round(time.perf_counter() - started, 3),
-        "device": str(device),
-        "config": resolved,
-        "versions": package_versions(),
-    }
-    result = DistilledSet(images.detach().cpu(), labels.detach().cpu(), meta, soft_labels, crop_boxes)
-    if out_dir:
-        save_distilled(out_dir, result.images, result.labels, meta, soft_labels, crop_boxes)
-        write_json(out_dir / HISTORY_FILE, {"history": history})
-    if interrupted:
-        raise KeyboardInterrupt
-    notify("rdd_distill_finished", result=result)
-    return result
+__all__ = ["run_distillation", "check_backbone"]

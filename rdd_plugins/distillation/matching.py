@@ -2,9 +2,8 @@
 
 Per-class gradients come from a pure loss function, so the classes can be batched with
 ``torch.func.vmap`` (one launch per layer for all classes: the fast path on a GPU, where DC's tiny
-per-class convolutions are launch-bound) or looped (faster on CPU, where vmap's batched
-convolutions measured 7 % slower than a loop on 2 cores, 2-3x before runtime.py stopped malloc
-from unmapping their large buffers: benchmarks/bench_class_batching.py).
+per-class convolutions are launch-bound) or looped (on a CPU, where vmap's batched convolutions
+are slower than a loop: docs/decisions.md, benchmarks/bench_class_batching.py).
 ``auto`` picks by device.
 """
 

@@ -7,6 +7,7 @@ the registry by name.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -14,29 +15,19 @@ import torch
 
 from ..config import RunConfig, parse_eps
 from ..data import ImageData
-from ..distillation.loop import load_split, model_factory
 from ..errors import RddError
 from ..lifecycle import notify
 from ..registry import Registry
+from ..run.parts import load_test_split, model_factory, set_label, train_on_set, unfinished
 from ..runtime import prepare_device
 from ..storage import DistilledSet
 from .metrics import robustness_indices, success_rate, summarize
 from .robust import clean_correct, robust_correct
 from .seed_cache import SeedCache, set_digest
 from .suites import PlannedAttack, plan_attacks
-from .train import train_model
 
 # 2: several attacks, threat models and backbones per set; per-attack success rates; indices.
 RESULTS_SCHEMA = "rdd-results/2"
-
-
-def load_test_split(registry: Registry, config: RunConfig) -> ImageData:
-    test = load_split(registry, config, "test")
-    if config.evaluate.n_test:
-        # The first n points in order, as RobustBench takes them: the same points for every method.
-        n = config.evaluate.n_test
-        test = ImageData(test.images[:n], test.labels[:n], test.classes, test.mean, test.std, test.name)
-    return test
 
 
 def check_set_fits(distilled: DistilledSet, test: ImageData) -> None:
@@ -180,74 +171,92 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
     Returns one result per backbone (the rows of results.json). With ``seeds_dir`` every finished
     (backbone, seed) is kept there and reused by a rerun of the same evaluation (seed_cache.py).
     """
-    ecfg = config.evaluate
+    # -- set up: the attack plan, the test split and every backbone built before any training -------
     device = prepare_device(config.device)
     specs = backbone_specs(config)
-    for backbone, _ in specs:
+    for backbone, params in specs:
         registry.get("backbones", backbone)
     plan, cascade = attack_plan(registry, config)
     test = test or load_test_split(registry, config)
     check_set_fits(distilled, test)
-    x_test, y_test = test.images.to(device), test.labels.to(device)
-    images, labels = distilled.images.to(device), distilled.labels.to(device)
-    soft = distilled.soft_labels.to(device) if distilled.soft_labels is not None else None
-    boxes = distilled.crop_boxes.to(device) if distilled.crop_boxes is not None else None
-    name = label or f"{distilled.meta.get('distiller', '?')}+{distilled.meta.get('regularizer', '?')}"
-    ipc = distilled.meta.get("ipc") or int(images.shape[0] // len(test.classes))
-
-    cache = None if seeds_dir is None else SeedCache(
-        seeds_dir, config.to_dict(), set_digest(distilled), (test.name, int(x_test.shape[0]), str(device)))
     factories = [(b, p, model_factory(registry, b, p, test, device)) for b, p in specs]
     for _, _, make_model in factories:
         make_model()  # a backbone that cannot be built fails now, not after minutes of training
+    name = label or set_label(distilled)
+    note = unfinished(distilled)
+    if note:
+        print(f"rdd: warning: {name}: the set is unfinished ({note}); its results describe a half-made set",
+              file=sys.stderr)
+    x_test, y_test = test.images.to(device), test.labels.to(device)
+    cache = None if seeds_dir is None else SeedCache(
+        seeds_dir, config.to_dict(), set_digest(distilled), (test.name, int(x_test.shape[0]), str(device)))
+
+    # -- evaluate: per backbone, fresh models per seed (a rerun reuses the finished ones) ------------
     rows = []
     for backbone, backbone_params, make_model in factories:
         tag = name if len(specs) == 1 else f"{name} [{backbone}]"
         per_seed = []
-        for i in range(ecfg.seeds):
-            seed = config.seed + i
+        for seed in range(config.seed, config.seed + config.evaluate.seeds):
             done = cache.get(backbone, backbone_params, seed) if cache else None
             if done is not None:
-                per_seed.append(done)
-                continue
-            torch.manual_seed(seed)
-            t0 = time.perf_counter()
-            model = train_model(make_model(), images, labels, epochs=ecfg.epochs, lr=ecfg.lr,
-                                momentum=ecfg.momentum, weight_decay=ecfg.weight_decay,
-                                batch_size=ecfg.batch_size, progress=progress, desc=f"{tag} train seed {seed}",
-                                soft_labels=soft, temperature=ecfg.kd_temperature, crop_boxes=boxes)
-            t1 = time.perf_counter()
-            correct = clean_correct(model, x_test, y_test, ecfg.eval_batch_size)
-            t2 = time.perf_counter()
-            per_attack, worst = run_attacks(model, registry, plan, cascade, x_test, y_test, correct, seed=seed,
-                                            batch_size=ecfg.eval_batch_size, progress=progress, name=tag)
-            per_seed.append({
-                "seed": seed,
-                "clean": float(correct.float().mean()),
-                "attacks": per_attack,
-                "worst": worst,
-                "train_seconds": round(t1 - t0, 3),
-                "clean_seconds": round(t2 - t1, 4),
-                "attack_seconds": round(time.perf_counter() - t2, 3),
-            })
-            if cache:
-                cache.put(backbone, backbone_params, seed, per_seed[-1])
-        row = {
-            "label": name,
-            "backbone": backbone,
-            "set": {**{k: distilled.meta.get(k) for k in ("distiller", "regularizer", "backbone", "seed",
-                                                         "completed_iterations")}, "ipc": ipc},
-            "dataset": test.name,
-            "evaluation": {
-                "backbone": backbone, "backbone_params": backbone_params, "seeds": ecfg.seeds,
-                "epochs": ecfg.epochs, "suite": ecfg.suite, "cascade": cascade,
-                "attacks": [{"attack": a.attack, "params": a.params, "threat_model": a.threat_model,
-                             "eps": list(a.eps)} for a in plan],
-                "n_test": int(x_test.shape[0]), "device": str(device),
-            },
-            "per_seed": per_seed,
-            "summary": _summary(per_seed, plan, cascade),
-        }
+                print(f"rdd: {tag} seed {seed}: reused (finished earlier in {cache.folder})", file=sys.stderr)
+            else:
+                done = evaluate_seed(make_model, distilled, config, registry, plan, cascade, x_test, y_test,
+                                     seed=seed, device=device, progress=progress, tag=tag)
+                if cache:
+                    cache.put(backbone, backbone_params, seed, done)
+            per_seed.append(done)
+        row = result_row(distilled, config, test, name, backbone, backbone_params, plan, cascade, per_seed,
+                         device)
         notify("rdd_evaluation_finished", report=row)
         rows.append(row)
     return rows
+
+
+def evaluate_seed(make_model, distilled: DistilledSet, config: RunConfig, registry: Registry,
+                  plan: list[PlannedAttack], cascade: bool, x_test: torch.Tensor, y_test: torch.Tensor, *,
+                  seed: int, device: torch.device, progress: bool, tag: str) -> dict:
+    """One fresh model: train it on the set, count clean-correct test points, run the attack plan."""
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    model = train_on_set(make_model, distilled, config, device, progress=progress, desc=f"{tag} train seed {seed}")
+    t1 = time.perf_counter()
+    correct = clean_correct(model, x_test, y_test, config.evaluate.eval_batch_size)
+    t2 = time.perf_counter()
+    per_attack, worst = run_attacks(model, registry, plan, cascade, x_test, y_test, correct, seed=seed,
+                                    batch_size=config.evaluate.eval_batch_size, progress=progress, name=tag)
+    return {
+        "seed": seed,
+        "clean": float(correct.float().mean()),
+        "attacks": per_attack,
+        "worst": worst,
+        "train_seconds": round(t1 - t0, 3),
+        "clean_seconds": round(t2 - t1, 4),
+        "attack_seconds": round(time.perf_counter() - t2, 3),
+    }
+
+
+def result_row(distilled: DistilledSet, config: RunConfig, test: ImageData, name: str, backbone: str,
+               backbone_params: dict, plan: list[PlannedAttack], cascade: bool, per_seed: list[dict],
+               device: torch.device) -> dict:
+    """One row of results.json: the set, how it was evaluated, every seed and their summary."""
+    ecfg = config.evaluate
+    meta = distilled.meta
+    return {
+        "label": name,
+        "backbone": backbone,
+        "set": {**{k: meta.get(k) for k in ("distiller", "regularizer", "backbone", "seed", "iterations",
+                                            "completed_iterations", "interrupted", "stopped_early")},
+                "ipc": meta.get("ipc") or int(distilled.images.shape[0] // len(test.classes)),
+                "unfinished": unfinished(distilled)},
+        "dataset": test.name,
+        "evaluation": {
+            "backbone": backbone, "backbone_params": backbone_params, "seeds": ecfg.seeds,
+            "epochs": ecfg.epochs, "suite": ecfg.suite, "cascade": cascade,
+            "attacks": [{"attack": a.attack, "params": a.params, "threat_model": a.threat_model,
+                         "eps": list(a.eps)} for a in plan],
+            "n_test": int(test.images.shape[0]), "device": str(device),
+        },
+        "per_seed": per_seed,
+        "summary": _summary(per_seed, plan, cascade),
+    }

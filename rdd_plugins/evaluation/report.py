@@ -78,7 +78,8 @@ def markdown_tables(results: list[dict]) -> str:
         cells = [_cell(worst.get(t, {}).get(e)) for t, e in cols]
         idx = r["summary"].get("indices") or {}
         extra = [f"{idx[k]:.1f}" if k in idx else "—" for k in ("I-RR", "RR", "CREI")] if with_indices else []
-        lines.append(f"| {r['label']} | {r['backbone']} | {r['set'].get('ipc', '?')} | "
+        unfinished = f" ({r['set']['unfinished']})" if r["set"].get("unfinished") else ""
+        lines.append(f"| {r['label']}{unfinished} | {r['backbone']} | {r['set'].get('ipc', '?')} | "
                      f"{_cell(r['summary']['clean'])} | " + " | ".join(cells + extra) + " |")
     detail = ["| set | backbone | attack | eps | robust | success rate |", "|---|---|---|---|---|---|"]
     for r in results:
@@ -151,28 +152,66 @@ def plot_robust_vs_eps(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_image_grid(images: torch.Tensor, labels: torch.Tensor, classes: list[str], path: Path,
-                    title: str = "") -> None:
-    """One row per class, its images side by side (at most 10 per class)."""
+GRID_CELL_INCHES = 0.9  # one image
+GRID_LABEL_FONTSIZE = 7
+GRID_TITLE_FONTSIZE = 9
+_GRID_GAP_INCHES = 0.08  # between a class label and its row, and around the figure's edges
+
+
+def _text_width_inches(fig, text: str, fontsize: float) -> float:
+    """Width of ``text`` as ``fig`` would draw it, measured with its renderer."""
+    probe = fig.text(0, 0, text, fontsize=fontsize)
+    width = probe.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi
+    probe.remove()
+    return width
+
+
+def image_grid_figure(images: torch.Tensor, labels: torch.Tensor, classes: list[str], title: str = ""):
+    """The figure of :func:`plot_image_grid`: one row per class, its images side by side (at most 10
+    per class), each row labelled with its class name (at most 12 characters).
+
+    The left margin is the longest label's measured width: a fixed fraction of the figure clipped
+    the names of narrow grids (one or two images per class)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     per_class = [images[labels == c][:10] for c in range(len(classes))]
+    names = [name[:12] for name in classes]
     cols = max(1, max(len(p) for p in per_class))
-    fig, axes = plt.subplots(len(classes), cols, figsize=(cols * 0.9, len(classes) * 0.9 + 0.4),
-                             dpi=100, squeeze=False)
+    title_inches = 0.4 if title else 0.0
+    fig, axes = plt.subplots(len(classes), cols, dpi=100, squeeze=False)
+    label_inches = max(_text_width_inches(fig, name, GRID_LABEL_FONTSIZE) for name in names)
+    left = label_inches + 2 * _GRID_GAP_INCHES
+    width = max(left + cols * GRID_CELL_INCHES + _GRID_GAP_INCHES,
+                _text_width_inches(fig, title, GRID_TITLE_FONTSIZE) + 2 * _GRID_GAP_INCHES if title else 0.0)
+    height = len(classes) * GRID_CELL_INCHES + title_inches + 2 * _GRID_GAP_INCHES
+    fig.set_size_inches(width, height)
     for c, row in enumerate(axes):
         for j, ax in enumerate(row):
             ax.axis("off")
             if j < len(per_class[c]):
                 img = per_class[c][j].detach().cpu().permute(1, 2, 0).numpy()
                 ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-        row[0].text(-0.1, 0.5, classes[c][:12], transform=row[0].transAxes, ha="right", va="center", fontsize=7)
+        # placed in points from the row's left edge, not in axes fractions, so the gap does not
+        # depend on the image's size
+        row[0].annotate(names[c], xy=(0, 0.5), xycoords="axes fraction", xytext=(-_GRID_GAP_INCHES * 72, 0),
+                        textcoords="offset points", ha="right", va="center", fontsize=GRID_LABEL_FONTSIZE)
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.12, right=0.98, top=1 - 0.4 / fig.get_figheight(), bottom=0.02, wspace=0.05, hspace=0.05)
+        fig.suptitle(title, fontsize=GRID_TITLE_FONTSIZE)
+    fig.subplots_adjust(left=left / width, right=1 - _GRID_GAP_INCHES / width,
+                        top=1 - (title_inches + _GRID_GAP_INCHES) / height, bottom=_GRID_GAP_INCHES / height,
+                        wspace=0.05, hspace=0.05)
+    return fig
+
+
+def plot_image_grid(images: torch.Tensor, labels: torch.Tensor, classes: list[str], path: Path,
+                    title: str = "") -> None:
+    """:func:`image_grid_figure` saved as ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = image_grid_figure(images, labels, classes, title)
     fig.savefig(path)
     plt.close(fig)
 
@@ -217,6 +256,8 @@ def write_report(out: str | Path, results: list[dict], config: dict, *, title: s
            "(CREI includes attack wall-clock times, so it depends on the machine); definitions in "
            "`rdd_plugins/evaluation/metrics.py`." if any(r["summary"].get("indices") for r in results) else ""),
         "",
+        *[f"**Warning: {r['label']} was evaluated on an unfinished set ({r['set']['unfinished']}).**\n"
+          for r in results if r.get("set", {}).get("unfinished")],
         markdown_tables(results),
         "",
         "![robust accuracy vs eps](robust_vs_eps.png)",

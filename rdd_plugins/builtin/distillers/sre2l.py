@@ -13,6 +13,7 @@ from ...crops import apply_crop_boxes, sample_crop_boxes
 from ...distillation.contract import DistillContext
 from ...distillation.matching import make_loss_fn, trainable_params
 from ...errors import RddError
+from ...progress import bar, context_progress
 from .common import class_major_labels, dataset_stats, project_to_pixels
 
 
@@ -58,17 +59,14 @@ class SqueezeRecoverRelabel:
     (default 50) it is SRe2L/FKD's per-crop relabelling: R random-resized-crop views per image (area
     fraction in [``relabel_min_scale``, 1], SRe2L's 0.08 by default; flips), each with the teacher's
     logits on that view; evaluation trains epoch e on view e mod R. ``relabel_crops = 0``: one label
-    per image, the teacher's on the whole image. On Fashion-MNIST (benchmarks/guard_sre2l.py, with
-    the eval-mode-BatchNorm teacher of before the README's commit 6ad455a) the views raised clean
-    accuracy from 64.65 to 73.20 (R = 50); R = 300 did not do better and min
-    scale 0.5 half a point, so the defaults are SRe2L's, with R = 50 keeping the stored labels small
-    (N x 50 x classes). The views are drawn from a generator seeded once at init, so they do not
-    depend on when the result is taken (resume stays exact).
+    per image, the teacher's on the whole image. The defaults are SRe2L's: per-crop views raised
+    clean accuracy on Fashion-MNIST and more views did not, while R = 50 keeps the stored labels
+    small (N x R x classes); see docs/decisions.md. The views are drawn from a generator seeded once
+    at init, so they do not depend on when the result is taken (resume stays exact).
     ``crop_min_scale`` > 0 applies SRe2L's random-resized-crop and flip to the synthetic batch
-    before the teacher at every recover step. The default is 0 (none): on Fashion-MNIST at a CPU
-    budget (benchmarks/sre2l_crop.py, 300 recover steps, the same earlier teacher) crops lowered
-    clean accuracy from 64.65 to 60.40 (min scale 0.5) and 52.30 (0.08, SRe2L's ImageNet value). The
-    backbone needs BatchNorm (``--set backbone.params.norm="batch"`` for convnet).
+    before the teacher at every recover step. The default is 0 (none), because crops lowered clean
+    accuracy on Fashion-MNIST at a CPU budget; see docs/decisions.md. The backbone needs BatchNorm
+    (``--set backbone.params.norm="batch"`` for convnet).
     """
 
     iterations_needed = True
@@ -114,22 +112,27 @@ class SqueezeRecoverRelabel:
         params = trainable_params(teacher)
         optimizer = torch.optim.SGD(params.values(), lr=self.teacher_lr, momentum=0.9, weight_decay=5e-4)
         teacher.train()  # batch statistics, as SRe2L trains its teacher
-        for _ in range(self.teacher_epochs):
-            order = torch.randperm(images.shape[0], device=images.device)
-            for start in range(0, images.shape[0], self.batch_size):
-                idx = order[start:start + self.batch_size]
-                # The regularizer may run the loss several times (x, x + z, PGD steps): each pass
-                # updates a copy of the running statistics, and one ordinary forward on the clean
-                # batch then updates the teacher's own, once, as a plain training step would.
-                copies = {name: b.clone() for name, b in teacher.named_buffers()}
-                grads = context.regularizer.parameter_gradient(make_loss_fn(teacher, copies),
-                                                                {n: p.detach() for n, p in params.items()},
-                                                                images[idx], labels[idx])
-                with torch.no_grad():
-                    teacher(images[idx])
-                for name, p in params.items():
-                    p.grad = grads[name]
-                optimizer.step()
+        batches_per_epoch = math.ceil(images.shape[0] / self.batch_size)
+        # Batches rather than epochs: an epoch on a full dataset takes minutes with a regularizer.
+        with bar(total=self.teacher_epochs * batches_per_epoch, desc="sre2l teacher", unit="batch",
+                 enabled=context_progress(context)) as pbar:
+            for _ in range(self.teacher_epochs):
+                order = torch.randperm(images.shape[0], device=images.device)
+                for start in range(0, images.shape[0], self.batch_size):
+                    idx = order[start:start + self.batch_size]
+                    # The regularizer may run the loss several times (x, x + z, PGD steps): each pass
+                    # updates a copy of the running statistics, and one ordinary forward on the clean
+                    # batch then updates the teacher's own, once, as a plain training step would.
+                    copies = {name: b.clone() for name, b in teacher.named_buffers()}
+                    grads = context.regularizer.parameter_gradient(make_loss_fn(teacher, copies),
+                                                                    {n: p.detach() for n, p in params.items()},
+                                                                    images[idx], labels[idx])
+                    with torch.no_grad():
+                        teacher(images[idx])
+                    for name, p in params.items():
+                        p.grad = grads[name]
+                    optimizer.step()
+                    pbar.update(1)
 
     def step(self, state: dict, context: DistillContext) -> dict[str, float]:
         teacher = self._teacher(state, context)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+from torch import nn
 
 from ...distillation.contract import DistillContext
 from ...errors import RddError
 from ...evaluation.train import train_model
+from ...progress import bar, context_progress
 from .common import embed, random_real_indices
 
 
@@ -57,8 +61,7 @@ class Herding:
     def init(self, context: DistillContext) -> dict:
         random_real_indices(context, context.ipc, "herding")  # every class must have enough images
         images, labels = context.train.images, context.train.labels
-        net = train_model(context.make_model(), images, labels, epochs=self.feature_epochs, lr=self.lr,
-                          batch_size=self.batch_size, progress=False)
+        net = self._feature_network(context)
         picks = []
         with torch.inference_mode():
             for ix in context.class_indices:
@@ -66,6 +69,21 @@ class Herding:
                 picks.append(ix[herding_indices(feats, context.ipc)])
         picks = torch.cat(picks)
         return {"images": images[picks].clone(), "labels": labels[picks].clone()}
+
+    def _feature_network(self, context: DistillContext) -> nn.Module:
+        """The backbone trained on the full training set, with a bar counting its batches."""
+        images, labels = context.train.images, context.train.labels
+        net = context.make_model()
+        batches = self.feature_epochs * math.ceil(images.shape[0] / self.batch_size)
+        with bar(total=batches, desc="herding features", unit="batch", enabled=context_progress(context)) as pbar:
+            # train_model's own bar counts epochs, and herding trains few long ones; it runs the
+            # network once per training batch, so a forward hook counts batches without changing them.
+            counter = net.register_forward_hook(lambda *_: pbar.update(1))
+            try:
+                return train_model(net, images, labels, epochs=self.feature_epochs, lr=self.lr,
+                                   batch_size=self.batch_size, progress=False)
+            finally:
+                counter.remove()
 
     def step(self, state: dict, context: DistillContext) -> dict[str, float]:
         return {}
