@@ -91,6 +91,26 @@ def benchmark(distilled: DistilledSet | str | Path, config: ConfigLike = None, *
                          eps=eps, n_examples=n_examples, batch_size=batch_size, name=name, progress=progress)
 
 
+def import_set(src: str | Path, *, format: str, dataset: str, out: str | Path, dataset_params: dict | None = None,
+               data_root: str | None = None, clip: bool = False, overwrite: bool = False, **options) -> DistilledSet:
+    """Turn a set another tool distilled into one of our set folders, which ``evaluate``,
+    ``benchmark`` and ``compare`` then use unchanged.
+
+    ``format`` names a registered set format (``dc``, ``mtt``, ``sre2l``, ``folder``, ``tensors``
+    or a plugin's); ``options`` go to it (``index=1``, ``normalized=True``, ``mean=[...]``).
+    ``dataset`` (with ``dataset_params``, as ``data.params``) gives the classes, channels, size and
+    mean/std the set is checked against. The set is kept as its tool made it, also outside [0, 1],
+    unless ``clip=True``. ``out`` holding a set is replaced only with ``overwrite=True``.
+
+    >>> import_set("res_DC_FashionMNIST_ConvNet_10ipc.pt", format="dc", dataset="fashion-mnist",
+    ...            out="runs/dc-fmnist")  # doctest: +SKIP
+    """
+    from .importing.importer import import_set as run_import
+
+    return run_import(get_registry(), src, format=format, dataset=dataset, out=out, dataset_params=dataset_params,
+                      data_root=data_root, clip=clip, overwrite=overwrite, **options)
+
+
 def quickstart(out: str | Path = "runs/quickstart", overrides: dict | None = None, progress: bool = True) -> dict:
     """``rdd quickstart`` from Python: random, gm, gm+curvature, sre2l, sre2l+curvature; report in ``out``."""
     from .quickstart import run_quickstart
@@ -104,5 +124,5 @@ def _load(distilled: DistilledSet | str | Path) -> tuple[DistilledSet, str | Pat
     return distilled, None
 
 
-__all__ = ["distill", "evaluate", "compare", "benchmark", "load_distilled", "get_registry", "quickstart",
+__all__ = ["distill", "evaluate", "compare", "benchmark", "import_set", "load_distilled", "get_registry", "quickstart",
            "evaluation_config", "RddError", "RunConfig"]

@@ -109,6 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="model name in the ModelInfo JSON (default: from the set)")
     p.add_argument("--out", metavar="DIR", help="output folder (default DIR/benchmark)")
 
+    p = sub.add_parser("import", help="turn a set another tool distilled (DC, MTT, SRe2L, folders, tensors) "
+                                      "into a set folder")
+    p.add_argument("src", metavar="SRC", help="the tool's file or folder")
+    p.add_argument("--format", required=True, help="set format: dc, mtt, sre2l, folder, tensors, or a plugin's")
+    p.add_argument("--dataset", required=True, help="the registered dataset the set was distilled from")
+    p.add_argument("--out", required=True, metavar="DIR", help="set folder to write")
+    p.add_argument("--index", type=_count(0), help="dc: which experiment of the results file (default 0)")
+    p.add_argument("--normalized", action="store_true",
+                   help="tensors: the images are normalized with the dataset's mean/std")
+    p.add_argument("--clip", action="store_true",
+                   help="clip the images to [0, 1] (default: kept as the tool made them)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a format option, e.g. --set zca=true, or a dataset parameter, "
+                        "e.g. --set data.params.num_classes=3 (repeatable)")
+    p.add_argument("--data-root", metavar="DIR", type=_folder, help="where the dataset files are (must exist)")
+    p.add_argument("--overwrite", action="store_true", help="replace the set in --out (and what was derived from it)")
+
     p = sub.add_parser("quickstart",
                        help="random, gm, gm+curvature, sre2l, sre2l+curvature on Fashion-MNIST, CPU-sized")
     _common(p)
@@ -248,6 +265,40 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from .api import import_set
+    from .config import override_pairs
+
+    options = _plain(override_pairs(args.sets))
+    data = options.pop("data", {})
+    if not isinstance(data, dict) or set(data) - {"params"}:
+        raise RddError("the one data setting of rdd import is --set data.params.KEY=VALUE (the dataset's "
+                       "parameters); --dataset names it and --data-root gives its root")
+    flagged = sorted(set(options) & {"format", "dataset", "out", "dataset_params", "data_root", "clip", "overwrite"})
+    if flagged:
+        flag = {"dataset_params": "--set data.params.KEY=VALUE"}.get(flagged[0], f"--{flagged[0].replace('_', '-')}")
+        raise RddError(f"--set {flagged[0]}=... is not a format option; use {flag}")
+    if args.index is not None:
+        options["index"] = args.index
+    if args.normalized:
+        options["normalized"] = True
+    result = import_set(args.src, format=args.format, dataset=args.dataset, out=args.out,
+                        dataset_params=data.get("params"),
+                        data_root=args.data_root, clip=args.clip, overwrite=args.overwrite, **options)
+    imported = result.meta["imported"]
+    low, high = imported["pixel_range"]
+    per_class = f", ipc {result.meta['ipc']}" if "ipc" in result.meta else ""
+    kept = "clipped to [0, 1]" if imported["clipped"] else "kept as is"
+    print(f"imported {result.images.shape[0]} images ({args.format}, {args.dataset}{per_class}; pixel range "
+          f"[{low:.3g}, {high:.3g}], {kept}) -> {args.out}")
+    return 0
+
+
+def _plain(table):
+    """--set's nested tables as plain dicts (options reach plugins, which may check ``type(x) is dict``)."""
+    return {k: _plain(v) for k, v in table.items()} if isinstance(table, dict) else table
+
+
 def cmd_quickstart(args) -> int:
     from .config import load_toml, merge, resolve
     from .quickstart import run_quickstart
@@ -263,7 +314,7 @@ def cmd_quickstart(args) -> int:
 
 
 COMMANDS = {"plugins": cmd_plugins, "distill": cmd_distill, "evaluate": cmd_evaluate, "compare": cmd_compare,
-            "benchmark": cmd_benchmark, "quickstart": cmd_quickstart}
+            "benchmark": cmd_benchmark, "import": cmd_import, "quickstart": cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:

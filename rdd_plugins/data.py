@@ -52,8 +52,13 @@ class ImageData:
         }
 
 
-def check_image_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int, what: str = "images") -> None:
-    """Raise a one-line RddError unless images/labels follow the pixel convention."""
+def check_image_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int, what: str = "images", *,
+                      allow_outside_unit_range: bool = False) -> None:
+    """Raise a one-line RddError unless images/labels follow the pixel convention.
+
+    ``allow_outside_unit_range`` is for an imported training set kept as its tool made it (DC never
+    clips; see ``rdd import``): still finite float32 in pixel units, but not bounded by [0, 1].
+    Test data, attacks and our own distillers keep the [0, 1] contract."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise RddError(f"{what}: images must be a 4-D NCHW tensor, got shape {tuple(getattr(images, 'shape', ()))}")
     if images.dtype != torch.float32:
@@ -66,7 +71,7 @@ def check_image_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: i
         if not torch.isfinite(images).all():
             raise RddError(f"{what}: images contain NaN or inf")
         lo, hi = float(images.min()), float(images.max())
-        if lo < 0.0 or hi > 1.0:
+        if (lo < 0.0 or hi > 1.0) and not allow_outside_unit_range:
             raise RddError(f"{what}: images must lie in [0, 1] (pixel units), found values in [{lo:.3g}, {hi:.3g}]")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise RddError(f"{what}: labels must lie in 0..{num_classes - 1}")

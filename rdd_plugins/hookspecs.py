@@ -118,6 +118,25 @@ def rdd_register_attack_suites(register: Register) -> None:
     """
 
 
+@hookspec
+def rdd_register_set_formats(register: Register) -> None:
+    """Register readers of sets that other tools distilled, for ``rdd import --format NAME``.
+
+    :param register:
+        Called once per format with ``factory(source: pathlib.Path, dataset: dict, **options)
+        -> rdd_plugins.importing.contract.ReadSet``.
+
+    ``source`` is the user's SRC, a file or a folder as the format defines it; ``dataset`` is the
+    target dataset's metadata (``ImageData.meta()``: name, classes, channels, image_size, mean,
+    std); ``options`` are the user's format options (``--set KEY=VALUE``, ``--index``,
+    ``--normalized``), checked against the factory's signature before anything is read. The reader
+    returns the set in pixel units as the tool made it; the importer checks it against the dataset,
+    clips only when asked and writes the set folder. What a reader returns is the contract of
+    :class:`rdd_plugins.importing.contract.ReadSet`, written there. A reader must not unpickle:
+    :func:`rdd_plugins.importing.safe_load.load_torch_file` reads ``torch.save`` files safely.
+    """
+
+
 # Lifecycle hooks: called by the core loops. A plugin whose lifecycle hook raises is reported on
 # stderr with its name and the run goes on (RDD_STRICT_PLUGINS=1 makes it an error): a logging
 # plugin must not end a run of hours.

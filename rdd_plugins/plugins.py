@@ -36,6 +36,7 @@ BUILTIN_PLUGINS = (
     "rdd_plugins.builtin.regularizers",
     "rdd_plugins.builtin.distillers",
     "rdd_plugins.builtin.suites",
+    "rdd_plugins.builtin.set_formats",
 )
 
 

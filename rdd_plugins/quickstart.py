@@ -23,20 +23,22 @@ from .run.folder import CHECKPOINT_FILE, CONFIG_FILE, check_writable
 from .run.parts import load_test_split
 from .storage import load_distilled
 
-# CPU-sized: width-32 ConvNet, (outer, inner) = (10, 10) instead of DC's (10, 50), batch_real 64.
+# CPU-sized, so that the whole quickstart takes under 10 minutes on 2 cores (docs/decisions.md):
+# width-32 ConvNet, 12 iterations of (outer, inner) = (10, 10) instead of DC's (10, 50), batch_real
+# 64; evaluation on the first 500 test points.
 QUICKSTART = {
     "seed": 0,
     "data": {"dataset": "fashion-mnist"},
     "backbone": {"name": "convnet", "params": {"width": 32}},
     "distill": {
         "ipc": 10,
-        "iterations": 30,
+        "iterations": 12,
         "params": {"batch_real": 64, "outer_loop": 10, "inner_loop": 10},
     },
     "evaluate": {
         "seeds": 2,
         "epochs": 300,
-        "n_test": 1000,
+        "n_test": 500,
         "attack": "pgd",
         "attack_params": {"steps": 10},
         "eps": ["2/255", "4/255", "8/255", "16/255", "0.1"],
@@ -46,11 +48,10 @@ QUICKSTART = {
 CURVATURE = {"regularizer": "curvature", "regularizer_params": {"h": 1.0, "lam": 0.3}}
 # GUARD's published pipeline is SRe2L whose teacher trains with the curvature term. Recover matches
 # the teacher's BatchNorm statistics, so both SRe2L sets are made and evaluated on the BatchNorm
-# ConvNet: compare them with each other. 300 recover steps, a 2-epoch teacher; the teacher's λ = 1
-# (not gm's 0.3): benchmarks/guard_sre2l.py measured it 0.9 points more accurate clean and more
-# robust at every radius but 16/255 (README, GUARD pipeline table).
+# ConvNet: compare them with each other. 300 recover steps, a 1-epoch teacher (the teacher is most
+# of sre2l's cost); the teacher's λ = 1, not gm's 0.3 (docs/decisions.md).
 SRE2L = {"backbone": {"params": {"width": 32, "norm": "batch"}},
-         "distill": {"distiller": "sre2l", "iterations": 300, "params": {"teacher_epochs": 2}}}
+         "distill": {"distiller": "sre2l", "iterations": 300, "params": {"teacher_epochs": 1}}}
 
 METHODS = {
     "random": {"distill": {"distiller": "random", "regularizer": "none", "params": {}}},

@@ -10,7 +10,7 @@ from typing import Any, Callable, Protocol
 
 from .errors import RddError, UnknownNameError
 
-KINDS = ("datasets", "backbones", "distillers", "regularizers", "attacks", "attack_suites")
+KINDS = ("datasets", "backbones", "distillers", "regularizers", "attacks", "attack_suites", "set_formats")
 _SINGULAR = {
     "datasets": "dataset",
     "backbones": "backbone",
@@ -18,6 +18,7 @@ _SINGULAR = {
     "regularizers": "regularizer",
     "attacks": "attack",
     "attack_suites": "attack suite",
+    "set_formats": "set format",
 }
 
 

@@ -24,7 +24,7 @@ FORMAT_VERSION = 1
 
 @dataclass
 class DistilledSet:
-    images: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
+    images: torch.Tensor  # (N, C, H, W) float32 in [0, 1] (an unclipped imported set: any finite value)
     labels: torch.Tensor  # (N,) int64
     meta: dict  # dataset metadata, ipc, distiller, regularizer, backbone, config, seed, versions
     # Teacher logits (SRe2L's relabel): (N, classes), one per image, or (N, views, classes), one per
@@ -112,13 +112,22 @@ def _check_soft_labels(soft: torch.Tensor, boxes: torch.Tensor | None, n: int, n
                        f"one per crop view")
 
 
+def kept_unclipped(meta: dict) -> bool:
+    """A set that ``rdd import`` stored as its tool made it, outside [0, 1] if it was so: the one
+    kind of set whose pixels the range check lets through (models normalize inside, and attacks
+    touch only test images, so such a training set is legitimate)."""
+    imported = meta.get("imported")
+    return isinstance(imported, dict) and imported.get("clipped") is False
+
+
 def save_distilled(folder: str | Path, images: torch.Tensor, labels: torch.Tensor, meta: dict,
                    soft_labels: torch.Tensor | None = None, crop_boxes: torch.Tensor | None = None) -> Path:
     folder = Path(folder)
     num_classes = len(meta["dataset"]["classes"])
     images = images.detach().float().cpu().contiguous()
     labels = labels.detach().long().cpu().contiguous()
-    check_image_batch(images, labels, num_classes, what="distilled set")
+    check_image_batch(images, labels, num_classes, what="distilled set",
+                      allow_outside_unit_range=kept_unclipped(meta))
     tensors = {"images": images, "labels": labels}
     if crop_boxes is not None and soft_labels is None:
         raise RddError("distilled set: crop_boxes without soft_labels (the views' labels)")
@@ -160,7 +169,8 @@ def load_distilled(folder: str | Path) -> DistilledSet:
         raise RddError(f"{images_path}: expected tensors 'images', 'labels' (and optionally 'soft_labels', "
                        f"with it 'crop_boxes'), found {sorted(tensors)}")
     images, labels = tensors["images"], tensors["labels"]
-    check_image_batch(images, labels, len(meta["dataset"]["classes"]), what=str(images_path))
+    check_image_batch(images, labels, len(meta["dataset"]["classes"]), what=str(images_path),
+                      allow_outside_unit_range=kept_unclipped(meta))
     soft, boxes = tensors.get("soft_labels"), tensors.get("crop_boxes")
     if soft is not None:
         _check_soft_labels(soft, boxes, images.shape[0], len(meta["dataset"]["classes"]), str(images_path))

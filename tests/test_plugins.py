@@ -15,6 +15,7 @@ EXPECTED = {
     "attacks": {"fgsm", "pgd", "pgd-l2", "cw", "apgd-ce", "apgd-t", "fab", "square", "autoattack", "mifgsm",
                 "jitter"},
     "attack_suites": {"quick", "standard", "autoattack", "dd-robustbench"},
+    "set_formats": {"dc", "mtt", "sre2l", "folder", "tensors"},
 }
 
 
