@@ -124,5 +124,20 @@ def _load(distilled: DistilledSet | str | Path) -> tuple[DistilledSet, str | Pat
     return distilled, None
 
 
-__all__ = ["distill", "evaluate", "compare", "benchmark", "import_set", "load_distilled", "get_registry", "quickstart",
+def study(source: str | Path | dict, *, out: str | Path | None = None, shard: str | tuple[int, int] = (0, 1),
+          progress: bool = True) -> dict:
+    """Run a study: a grid of distill -> evaluate jobs (datasets x methods x IPC x seeds) from a TOML
+    file or a dict of the same shape (docs/study.md), each job in its own folder under ``out``
+    (default ``runs/STEM``), then ``leaderboard.md`` / ``leaderboard.json`` and plots there.
+
+    Rerunning skips finished jobs, resumes interrupted distillations and re-evaluates only what a
+    changed evaluate section touches. ``shard="I/N"`` runs every N-th job from the I-th (0-based).
+    Returns the counts of what the jobs did and the leaderboard.
+    """
+    from .studies.runner import run_study
+
+    return run_study(source, out, shard=shard, progress=progress)
+
+
+__all__ = ["distill", "evaluate", "compare", "benchmark", "import_set", "study", "load_distilled", "get_registry", "quickstart",
            "evaluation_config", "RddError", "RunConfig"]

@@ -1,18 +1,23 @@
 """Checkpoints of a distillation run: one safetensors file, written atomically (write, then rename).
 
 It holds the distiller's state (tensors, plus plain JSON data in the file's metadata), the RNG
-states, the iteration and the loss history, so a resumed run continues bit-identically on CPU.
+states, the iteration, the loss history and the device type it was written on, so a resumed run
+continues bit-identically on CPU. A checkpoint resumes on another machine too: the CUDA generators
+that machine has are restored by index, and a change of device type is named on stderr, since the
+random streams, and so the rest of the run, then differ from the run's own.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .config.schema import RUNTIME_KEYS
 from .errors import RddError
 from .storage import atomic_write
 
@@ -28,16 +33,27 @@ def capture_rng() -> dict[str, torch.Tensor]:
 
 
 def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    """Restore the generators this machine has: the CPU's, and the CUDA ones by index (a checkpoint
+    from a machine with more GPUs, or from a GPU onto a CPU, restores what exists here)."""
     torch.set_rng_state(tensors["rng.cpu"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+    if not torch.cuda.is_available():
+        return
+    for index, state in cuda_rng_states(tensors).items():
+        if index < torch.cuda.device_count():
+            torch.cuda.set_rng_state(state, index)
+
+
+def cuda_rng_states(tensors: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """GPU index -> generator state, from the "rng.cuda.N" tensors."""
+    prefix = "rng.cuda."
+    return {int(k[len(prefix):]): v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def run_fingerprint(config: dict) -> str:
-    """What must not change between a checkpoint and its resume: the config less the device and
-    the iteration budget (a run may be extended)."""
-    kept = {k: v for k, v in config.items() if k != "device"}
+    """What must not change between a checkpoint and its resume: the config less the runtime keys
+    (device, deterministic, tf32: how a machine computes) and the iteration budget (a run may be
+    extended)."""
+    kept = {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
     if isinstance(kept.get("distill"), dict):
         kept["distill"] = {k: v for k, v in kept["distill"].items() if k != "iterations"}
     return json.dumps(kept, sort_keys=True)
@@ -45,12 +61,13 @@ def run_fingerprint(config: dict) -> str:
 
 def _legacy_fingerprint(config: dict) -> str:
     """The fingerprint of checkpoints written before runs could be extended (budget included)."""
-    return json.dumps({k: v for k, v in config.items() if k != "device"}, sort_keys=True)
+    return json.dumps({k: v for k, v in config.items() if k not in RUNTIME_KEYS}, sort_keys=True)
 
 
 def save_checkpoint(folder: str | Path, *, iteration: int, state: dict, history: list[dict],
-                    fingerprint: str) -> Path:
-    """Save after ``iteration`` finished iterations; ``state`` is tensors and JSON-able values."""
+                    fingerprint: str, device: torch.device | str | None = None) -> Path:
+    """Save after ``iteration`` finished iterations; ``state`` is tensors and JSON-able values;
+    ``device``, the run's, lets a resume elsewhere say that it is not exact."""
     folder = Path(folder)
     tensors = capture_rng()
     plain = {}
@@ -64,7 +81,10 @@ def save_checkpoint(folder: str | Path, *, iteration: int, state: dict, history:
                 raise RddError(f"distiller state {key!r} is neither a tensor nor JSON data; "
                                f"a checkpoint cannot hold it") from None
             plain[key] = value
-    doc = json.dumps({"iteration": iteration, "state": plain, "history": history, "fingerprint": fingerprint})
+    record = {"iteration": iteration, "state": plain, "history": history, "fingerprint": fingerprint}
+    if device is not None:
+        record["device"] = torch.device(device).type
+    doc = json.dumps(record)
     atomic_write(folder / CHECKPOINT_FILE,
                  lambda tmp: save_file(tensors, tmp, metadata={"format": "rdd-checkpoint", "json": doc}))
     return folder / CHECKPOINT_FILE
@@ -74,7 +94,8 @@ def load_checkpoint(folder: str | Path, device: torch.device,
                     config: dict | None = None) -> tuple[int, dict, list[dict], dict]:
     """-> (iteration, state on ``device``, history, rng tensors for :func:`restore_rng`).
 
-    With ``config`` (the resolved run config), refuse a checkpoint that another config wrote.
+    With ``config`` (the resolved run config), refuse a checkpoint that another config wrote. A
+    checkpoint written on another device type resumes with a warning on stderr.
     """
     path = Path(folder) / CHECKPOINT_FILE
     if not path.is_file():
@@ -88,13 +109,22 @@ def load_checkpoint(folder: str | Path, device: torch.device,
         rng = {k: v for k, v in tensors.items() if k.startswith("rng.")}
         if "rng.cpu" not in rng:
             raise KeyError("rng.cpu")
+        cuda_rng_states(rng)  # "rng.cuda.N" with an integer N, or no readable checkpoint
     except (SafetensorError, OSError, KeyError, TypeError, ValueError) as exc:
         raise RddError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if config is not None and doc.get("fingerprint") not in (run_fingerprint(config), _legacy_fingerprint(config)):
         raise RddError(f"{path} was written by another config than {Path(folder) / 'config.toml'}; "
                        f"resume needs the run's own config")
+    warn_if_device_type_differs(path, doc.get("device"), torch.device(device).type)
     state = plain
     for key, value in tensors.items():
         if key.startswith("state."):
             state[key[len("state."):]] = value.to(device)
     return iteration, state, history, rng
+
+
+def warn_if_device_type_differs(path: Path, written_on: str | None, resumed_on: str) -> None:
+    """Each device type has its own generators and kernels: the run goes on, but not as it would have."""
+    if written_on is not None and written_on != resumed_on:
+        print(f"rdd: warning: {path} was written on {written_on} and resumes on {resumed_on}: the run "
+              f"continues, but not bit-identically to one that stayed on {written_on}", file=sys.stderr)

@@ -43,6 +43,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _numerics(p: argparse.ArgumentParser) -> None:
+    """The runtime's switches, for the commands that set them (rdd_plugins/runtime.py)."""
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction,
+                   help="deterministic algorithms (default auto: on to distil, off to evaluate)")
+    p.add_argument("--tf32", action=argparse.BooleanOptionalAction,
+                   help="TF32 on Ampere+ GPUs (default auto: off to distil, on to evaluate)")
+
+
+def _switch(name: str, value: bool | None) -> str:
+    return f"--{name}" if value else f"--no-{name}"
+
+
 class _Parser(argparse.ArgumentParser):
     """Bad flags get the same one line as every other bad input (``rdd --help`` has the usage)."""
 
@@ -63,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="distil a dataset into a few images per class")
     _common(p)
+    _numerics(p)
     p.add_argument("--dataset")
     p.add_argument("--ipc", type=_count(1), help="images per class")
     p.add_argument("--distiller")
@@ -76,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="train fresh models on a distilled set; clean and robust accuracy")
     _common(p)
+    _numerics(p)
     p.add_argument("set_dir", metavar="DIR", help="a distilled-set folder")
     p.add_argument("--suite", help="attack suite: quick, standard, autoattack, dd-robustbench, or a plugin's")
     p.add_argument("--attack", help="attack name(s), comma-separated, e.g. fgsm,pgd,cw (beside --suite: run after it)")
@@ -129,7 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart",
                        help="random, gm, gm+curvature, sre2l, sre2l+curvature on Fashion-MNIST, CPU-sized")
     _common(p)
+    _numerics(p)
     p.add_argument("--out", default="runs/quickstart", metavar="DIR")
+
+    p = sub.add_parser("study", help="a grid of distill -> evaluate jobs from a study TOML, with a leaderboard")
+    p.add_argument("study_file", metavar="STUDY.toml", help="[base] run config and [grid] (docs/study.md)")
+    p.add_argument("--out", metavar="DIR", help="study folder (default runs/STEM); a rerun continues there")
+    p.add_argument("--shard", default="0/1", metavar="I/N",
+                   help="run every N-th job from the I-th (0-based), e.g. $SLURM_ARRAY_TASK_ID/8")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     for sub_parser in sub.choices.values():
         # eps values such as -1/255 are values (rejected by parse_eps with the reason), not options
         sub_parser._negative_number_matcher = re.compile(r"^-[0-9.]+(/[0-9.]+)?$")
@@ -160,7 +182,9 @@ def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict:
     from .config import override_pairs
 
     over = override_pairs(args.sets)
-    for attr, dotted in {**mapping, "device": "device", "seed": "seed", "data_root": "data.root"}.items():
+    common = {"device": "device", "seed": "seed", "data_root": "data.root", "deterministic": "deterministic",
+              "tf32": "tf32"}
+    for attr, dotted in {**mapping, **common}.items():
         value = getattr(args, attr, None)
         if value is None:
             continue
@@ -204,6 +228,9 @@ def cmd_distill(args) -> int:
                                           ("--distiller", args.distiller), ("--regularizer", args.regularizer),
                                           ("--backbone", args.backbone), ("--seed", args.seed),
                                           ("--data-root", args.data_root), ("--overwrite", args.overwrite)) if given]
+        # the run's numerics are part of how it continues exactly (a false switch is given too)
+        typed += [_switch(name, value) for name, value in (("deterministic", args.deterministic),
+                                                            ("tf32", args.tf32)) if value is not None]
         if typed:
             raise RddError(f"--resume continues the run as {Path(args.resume) / 'config.toml'} says; "
                            f"drop {', '.join(typed)} (only --device, and --iterations to extend it, may change)")
@@ -212,10 +239,27 @@ def cmd_distill(args) -> int:
         raise RddError("distill needs --out DIR (or --resume DIR)")
     else:
         out = args.out
-    result = distill(None if args.resume else args.config, out=out, progress=not args.no_progress,
-                     overrides=over, resume=bool(args.resume), overwrite=args.overwrite)
+    try:
+        result = distill(None if args.resume else args.config, out=out, progress=not args.no_progress,
+                         overrides=over, resume=bool(args.resume), overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        _say_how_to_resume(Path(out))
+        raise
     print(f"distilled {result.images.shape[0]} images -> {out}")
     return 0
+
+
+def _say_how_to_resume(out: Path) -> None:
+    from .checkpoint import CHECKPOINT_FILE
+    from .run.parts import unfinished
+
+    try:
+        note = unfinished(json.loads((out / "meta.json").read_text()))
+    except (OSError, ValueError):
+        note = ""
+    if note and (out / CHECKPOINT_FILE).is_file():
+        print(f"rdd: {note}; the set so far and a checkpoint are in {out}; continue with "
+              f"`rdd distill --resume {out}`", file=sys.stderr)
 
 
 def _print_rows(results: list[dict]) -> None:
@@ -313,8 +357,20 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from .api import study
+
+    summary = study(args.study_file, out=args.out, shard=args.shard, progress=not args.no_progress)
+    done = ", ".join(f"{how} {n}" for how, n in summary["done"].items()) or "no job in this shard"
+    index, count = summary["shard"]
+    shard = f" (shard {index}/{count}: {summary['shard_jobs']} of {summary['jobs']} jobs)" if count > 1 else ""
+    print(f"study {summary['study']}{shard}: {done}")
+    print(f"leaderboard: {Path(summary['out']) / 'leaderboard.md'}")
+    return 0
+
+
 COMMANDS = {"plugins": cmd_plugins, "distill": cmd_distill, "evaluate": cmd_evaluate, "compare": cmd_compare,
-            "benchmark": cmd_benchmark, "import": cmd_import, "quickstart": cmd_quickstart}
+            "benchmark": cmd_benchmark, "import": cmd_import, "quickstart": cmd_quickstart, "study": cmd_study}
 
 
 def main(argv: list[str] | None = None) -> int:

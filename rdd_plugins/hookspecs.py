@@ -73,8 +73,10 @@ def rdd_register_regularizers(register: Register) -> None:
     :param register:
         Called once per regularizer with ``factory(**params)``, which returns a regularizer.
 
-    What a regularizer provides (``parameter_gradient``, composable with ``torch.func.vmap``) is the
-    contract of :class:`rdd_plugins.distillation.contract.Regularizer`, written there.
+    What a regularizer provides (``parameter_gradient``, composable with ``torch.func.vmap``: no
+    ``.item()``, no Python branching on tensor values) is the contract of
+    :class:`rdd_plugins.distillation.contract.Regularizer`, written there. ``gm`` and ``dsa`` check
+    it under vmap when a run starts, also on a CPU, where classes are looped.
     """
 
 

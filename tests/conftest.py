@@ -7,11 +7,21 @@ import pytest
 os.environ.setdefault("RDD_NO_PROGRESS", "1")
 
 
+def pytest_addoption(parser):
+    # `pytest --device cuda` runs the tiny configs on a GPU (benchmarks/gpu_check.py does)
+    parser.addoption("--device", default="cpu", choices=["cpu", "cuda", "auto"],
+                     help="the device of the tests' tiny runs (default cpu)")
+
+
+def pytest_configure(config):
+    os.environ["RDD_TEST_DEVICE"] = config.getoption("--device")
+
+
 def tiny_config(**distill) -> dict:
     """A synthetic-data run small enough for a unit test (width-8 ConvNet, 8x8 images)."""
     return {
         "seed": 0,
-        "device": "cpu",
+        "device": os.environ.get("RDD_TEST_DEVICE", "cpu"),
         "data": {"dataset": "synthetic", "params": {"num_classes": 4, "image_size": 8, "per_class": 24}},
         "backbone": {"name": "convnet", "params": {"width": 8, "depth": 2}},
         "distill": {"ipc": 2, "iterations": 3,

@@ -196,7 +196,8 @@ def test_in_process_dataset_and_regularizer_plugins_drive_a_distillation(make_co
         cfg["data"] = {"dataset": "blobs"}
         ds = rdd_plugins.distill(cfg, progress=False)
         assert ds.meta["dataset"]["name"] == "blobs" and ds.images.shape == (6, 1, 8, 8)
-        assert calls and all(shape[0] == 10 for shape in calls)  # batch_real 16, capped at the 10 per class
+        # the start's vmap check (2 images of a class), then batch_real 16 capped at the 10 per class
+        assert calls[0][0] == 2 and calls[1:] and all(shape[0] == 10 for shape in calls[1:])
     finally:
         plugins.unregister_plugin("parts")
 

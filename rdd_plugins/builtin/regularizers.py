@@ -130,7 +130,9 @@ class GradientNorm:
 
 class Adversarial:
     """Adversarial training inside the matching loop: the target is ∇θℓ(x_adv) with x_adv from
-    PGD-k ℓ∞ on the real batch (Madry et al.), eps and step in pixel units, random start.
+    PGD-k ℓ∞ on the real batch (Madry et al.), eps and step in pixel units, random start. Every
+    iterate stays within eps of the real image and inside [0, 1], or inside the image's own range
+    where an augmentation (DSA's colour) has taken it beyond [0, 1].
 
     This is the expensive baseline GUARD's curvature term replaces: k extra forward-backward passes.
     """
@@ -144,14 +146,29 @@ class Adversarial:
         self.random_start = random_start
 
     def parameter_gradient(self, loss_fn: LossFn, params: dict, images, labels) -> Gradients:
+        low, high = self._allowed_box(images)
         x_adv = images
         if self.random_start:
-            x_adv = (images + torch.empty_like(images).uniform_(-self.eps, self.eps)).clamp(0, 1)
+            x_adv = self._project(images + torch.empty_like(images).uniform_(-self.eps, self.eps), low, high)
         input_grad = grad(loss_fn, argnums=1)
         for _ in range(self.steps):
             step = self.alpha * input_grad(params, x_adv, labels).sign()
-            x_adv = torch.min(torch.max(x_adv + step, images - self.eps), images + self.eps).clamp(0, 1)
+            x_adv = self._project(x_adv + step, low, high)
         return grad(loss_fn)(params, x_adv, labels)
+
+    def _allowed_box(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-pixel bounds: the eps ball around each image, inside [0, 1] widened to the image's
+        own range (exactly ball ∩ [0, 1] for images inside [0, 1]). DSA's colour augmentation
+        takes images beyond [0, 1], and clamping them to [0, 1] would move them further than eps."""
+        per_sample = tuple(range(1, images.dim()))
+        range_low = images.amin(dim=per_sample, keepdim=True).clamp(max=0.0)
+        range_high = images.amax(dim=per_sample, keepdim=True).clamp(min=1.0)
+        return torch.max(images - self.eps, range_low), torch.min(images + self.eps, range_high)
+
+    @staticmethod
+    def _project(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        # tensor bounds through min/max, not data-dependent branching: vmap maps this over classes
+        return torch.min(torch.max(x, low), high)
 
     def __repr__(self) -> str:
         return f"Adversarial(eps={self.eps}, steps={self.steps}, alpha={self.alpha})"

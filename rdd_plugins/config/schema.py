@@ -62,12 +62,34 @@ class EvaluateConfig:
 
 # The evaluate keys that together say which attacks run at which eps.
 ATTACK_PLAN_KEYS = ("suite", "attack", "attack_params", "eps", "eps_l2", "cascade")
+# The top-level keys that say how a machine computes a run, not what the run is (a checkpoint
+# resumes under other values: rdd_plugins/checkpoint.py).
+RUNTIME_KEYS = ("device", "deterministic", "tf32")
+SWITCH_KEYS = ("deterministic", "tf32")
+
+
+class _AdmitsAnyValue(type):
+    def __instancecheck__(cls, value) -> bool:
+        return True
+
+
+class AutoOrBool(str, metaclass=_AdmitsAnyValue):
+    """The default of a switch that is true, false or "auto" (rdd_plugins/runtime.py decides).
+
+    ``from_dict`` type-checks a value against its default's type, which would refuse true and false
+    for a string default; this type lets every value through to ``RunConfig.validate``, which names
+    the three that fit.
+    """
 
 
 @dataclass
 class RunConfig:
     seed: int = 0
     device: str = "auto"
+    # auto: on for distillation (resume must be exact), off for evaluation (speed; seeds average)
+    deterministic: bool | str = AutoOrBool("auto")
+    # TF32 on Ampere+ GPUs. auto: off for distillation (full fp32), allowed for evaluation training
+    tf32: bool | str = AutoOrBool("auto")
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -91,6 +113,11 @@ class RunConfig:
         # Checked here, not where the device is made, so that a typo fails before any work starts.
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise RddError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        for key in SWITCH_KEYS:
+            value = getattr(self, key)
+            if not isinstance(value, bool) and value != "auto":
+                raise RddError(f'config key {key} must be true, false or "auto", got {value!r}')
+            setattr(self, key, value if isinstance(value, bool) else "auto")  # a plain str from here on
         for e in ev.eps:
             parse_eps(e)
         for e in ev.eps_l2:

@@ -52,8 +52,13 @@ class Regularizer(Protocol):
                            labels: torch.Tensor) -> Gradients:
         """Gradient w.r.t. ``params`` of ``loss_fn(params, images, labels) + penalty``.
 
-        Must be built from ``torch.func`` transforms (no ``.backward()``, no in-place updates of
-        captured tensors): the matching step maps it over classes with ``torch.func.vmap``.
+        Must be built from ``torch.func``-composable operations: ``grad`` from
+        :mod:`rdd_plugins.distillation.autodiff` or ``torch.func``, no ``.backward()``, no
+        ``.item()`` and no Python branching on tensor values (``if loss > 0``; use ``torch.where``,
+        ``torch.sign``, ``torch.min``), no in-place updates of captured tensors. The matching step
+        maps it over classes with ``torch.func.vmap`` on CUDA and loops on a CPU, where plain
+        autograd would let such code pass; so ``gm`` and ``dsa`` check it under vmap on a tiny
+        batch when a run starts, on every device, and stop with an error naming it.
         """
 
 

@@ -25,7 +25,7 @@ from ..registry import Registry
 from ..run.folder import CONFIG_FILE, HISTORY_FILE, StagedRun, check_writable
 from ..run.interrupt import stop_between_steps
 from ..run.parts import check_backbone, load_split, model_factory
-from ..runtime import prepare_device
+from ..runtime import Runtime, device_clock, prepare_runtime, scoped_numerics
 from ..storage import DistilledSet, atomic_write_text, load_distilled, save_distilled, write_json
 from ..versions import package_versions
 from .contract import DistillContext, DistillStep
@@ -47,6 +47,7 @@ class Progress:
     stopped_early: bool = False
 
 
+@scoped_numerics
 def run_distillation(config: RunConfig, registry: Registry, out: str | Path | None = None,
                      progress: bool = True, resume: bool = False, overwrite: bool = False) -> DistilledSet:
     """Distil ``config``'s dataset; write the set, its meta, history and the resolved config to ``out``.
@@ -56,9 +57,10 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
     ``distill.iterations`` than the run's extends it.
     """
     # -- set up: every part built, and so validated, before anything is written --------------------
-    device = prepare_device(config.device)
+    runtime = prepare_runtime(config, "distillation")
+    device = runtime.device
     check_parts(config, registry)
-    output = RunOutput(out, resume=resume, overwrite=overwrite)
+    output = RunOutput(out, resume=resume, overwrite=overwrite, device=device)
     distiller, context = build_parts(config, registry, device, progress)
     iterations = iteration_budget(distiller, config)
     resolved = config.to_dict()
@@ -76,7 +78,7 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
         # -- iterate -------------------------------------------------------------------------------
         iterate(run, distiller, context, config, iterations, progress, output)
         # -- package -------------------------------------------------------------------------------
-        result = package(run, distiller, context, config, iterations, time.perf_counter() - started)
+        result = package(run, distiller, context, config, iterations, time.perf_counter() - started, runtime)
         # -- save ----------------------------------------------------------------------------------
         output.save(run, result)
     except BaseException:
@@ -93,12 +95,14 @@ class RunOutput:
     """Where a run writes: nowhere, its own folder (a resume), or a staged folder that replaces the
     target at the first checkpoint (a fresh run)."""
 
-    def __init__(self, out: str | Path | None, *, resume: bool, overwrite: bool) -> None:
+    def __init__(self, out: str | Path | None, *, resume: bool, overwrite: bool,
+                 device: torch.device | None = None) -> None:
         if resume and not out:
             raise RddError("resume needs the run folder")
         self.staged = StagedRun(out, overwrite=overwrite) if out and not resume else None
         self.folder = check_writable(out, "run folder") if resume else None
         self.fingerprint = ""
+        self.device = device  # recorded in checkpoints: a resume on another device type says so
 
     @property
     def where(self) -> Path | None:
@@ -115,7 +119,7 @@ class RunOutput:
         if self.where is None:
             return
         save_checkpoint(self.where, iteration=run.completed, state=run.state, history=run.history,
-                        fingerprint=self.fingerprint)
+                        fingerprint=self.fingerprint, device=self.device)
         run.saved = run.completed
         if self.staged is not None:
             self.staged.publish()  # the new run has something to show: it replaces the old one now
@@ -202,13 +206,14 @@ def iterate(run: Progress, distiller, context: DistillContext, config: RunConfig
                 enabled=progress) as pbar:
         try:
             for it in range(run.completed, iterations):
-                t0 = time.perf_counter()
+                t0 = device_clock(context.device)
                 losses = distiller.step(run.state, context)
                 bad = _non_finite(losses, run.state)
                 if bad:
                     kept = f"; the last good checkpoint (iteration {run.saved}) is kept" if run.saved is not None else ""
                     raise RddError(f"iteration {it}: non-finite {bad}{kept}; lower the learning rates")
-                run.history.append({"iteration": it, "seconds": round(time.perf_counter() - t0, 4), **losses})
+                seconds = device_clock(context.device) - t0
+                run.history.append({"iteration": it, "seconds": round(seconds, 4), **losses})
                 run.completed = it + 1
                 if every and (run.completed % every == 0 or run.completed == iterations):
                     output.checkpoint(run)
@@ -237,8 +242,8 @@ def _plugins_ask_to_stop(run: Progress, distiller, context, config, iterations, 
 
 
 def package(run: Progress, distiller, context: DistillContext, config: RunConfig, iterations: int,
-            seconds: float) -> DistilledSet:
-    """The distiller's result with its meta: what made it, and how far its run got."""
+            seconds: float, runtime: Runtime) -> DistilledSet:
+    """The distiller's result with its meta: what made it, on what, and how far its run got."""
     dcfg = config.distill
     # a relabelling distiller adds soft labels, and with per-crop relabelling the crop boxes
     images, labels, *relabel = distiller.result(run.state, context)
@@ -259,6 +264,7 @@ def package(run: Progress, distiller, context: DistillContext, config: RunConfig
         "stopped_early": run.stopped_early,
         "seconds": round(seconds, 3),
         "device": str(context.device),
+        "runtime": runtime.record(),
         "config": config.to_dict(),
         "versions": package_versions(),
     }

@@ -5,9 +5,15 @@ Per-class gradients come from a pure loss function, so the classes can be batche
 per-class convolutions are launch-bound) or looped (on a CPU, where vmap's batched convolutions
 are slower than a loop: docs/decisions.md, benchmarks/bench_class_batching.py).
 ``auto`` picks by device.
+
+vmap holds every class's activations at once, so the classes can also go through vmap a chunk at
+a time (``chunk``): the same gradients, with memory bounded by one chunk. On CUDA the chunk can be
+sized from the device's free memory and one class's measured cost (:func:`cuda_class_chunk`).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,31 +53,141 @@ def use_vmap(class_batching: str, device: torch.device) -> bool:
     return class_batching == "vmap" or (class_batching == "auto" and device.type == "cuda")
 
 
-def map_classes(fn, params: dict, images: torch.Tensor, labels: torch.Tensor, batched: bool) -> Gradients:
-    """``fn(params, images[k], labels[k])`` for every class k, results stacked on a leading K axis."""
-    if batched:
-        # "different": a regularizer drawing random numbers (PGD's random start) draws per class.
-        return vmap(fn, in_dims=(None, 0, 0), randomness="different")(params, images, labels)
-    per_class = [fn(params, images[k], labels[k]) for k in range(images.shape[0])]
+def map_classes(fn, params: dict, images: torch.Tensor, labels: torch.Tensor, batched: bool,
+                chunk: int | None = None) -> Gradients:
+    """``fn(params, images[k], labels[k])`` for every class k, results stacked on a leading K axis.
+
+    ``batched``: through vmap, ``chunk`` classes per call (``None``: all of them); else a loop.
+    """
+    if not batched:
+        return _stack_classes([fn(params, images[k], labels[k]) for k in range(images.shape[0])])
+    # "different": a regularizer drawing random numbers (PGD's random start) draws per class.
+    mapped = vmap(fn, in_dims=(None, 0, 0), randomness="different")
+    classes = images.shape[0]
+    if chunk is None or chunk >= classes:  # one call: exactly the unchunked path, random draws included
+        return mapped(params, images, labels)
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    parts = [mapped(params, images[start:start + chunk], labels[start:start + chunk])
+             for start in range(0, classes, chunk)]
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+
+def _stack_classes(per_class: list[Gradients]) -> Gradients:
     return {name: torch.stack([g[name] for g in per_class]) for name in per_class[0]}
 
 
-def real_class_gradients(regularizer: Regularizer, loss_fn: LossFn, params: dict,
-                         images: torch.Tensor, labels: torch.Tensor, batched: bool = True) -> Gradients:
+def real_class_gradients(regularizer: Regularizer, loss_fn: LossFn, params: dict, images: torch.Tensor,
+                         labels: torch.Tensor, batched: bool = True, chunk: int | None = None) -> Gradients:
     """Matching targets for every class: images (K, B, C, H, W) -> grads with a leading K axis."""
     detached = {k: v.detach() for k, v in params.items()}
 
     def target(p, x, y):
         return regularizer.parameter_gradient(loss_fn, p, x, y)
 
-    return {k: g.detach() for k, g in map_classes(target, detached, images, labels, batched).items()}
+    return {k: g.detach() for k, g in map_classes(target, detached, images, labels, batched, chunk).items()}
 
 
-def synthetic_class_gradients(loss_fn: LossFn, params: dict, images: torch.Tensor,
-                              labels: torch.Tensor, batched: bool = True) -> Gradients:
+def synthetic_class_gradients(loss_fn: LossFn, params: dict, images: torch.Tensor, labels: torch.Tensor,
+                              batched: bool = True, chunk: int | None = None) -> Gradients:
     """Per-class gradients of the synthetic batch, differentiable w.r.t. ``images``."""
     detached = {k: v.detach() for k, v in params.items()}
-    return map_classes(grad(loss_fn), detached, images, labels, batched)
+    return map_classes(grad(loss_fn), detached, images, labels, batched, chunk)
+
+
+# The share of the device's available memory one chunk may take: the rest absorbs the allocator's
+# fragmentation and what the synthetic side and later steps allocate beside it.
+MEMORY_HEADROOM = 0.8
+
+
+def classes_that_fit(budget_bytes: int, per_class_bytes: int, classes: int) -> int:
+    """Classes one vmap call may take within ``budget_bytes``: all of them at most, 0 when not even
+    one fits."""
+    if per_class_bytes <= 0:
+        return classes
+    return max(0, min(classes, budget_bytes // per_class_bytes))
+
+
+def forked_rng(device: torch.device):
+    """torch's generators (the CPU's, and ``device``'s on CUDA) as they were, once the block ends."""
+    if device.type != "cuda":
+        return torch.random.fork_rng(devices=[])
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.random.fork_rng(devices=[index])
+
+
+def cuda_class_chunk(regularizer: Regularizer, loss_fn: LossFn, params: dict, images: torch.Tensor,
+                     labels: torch.Tensor) -> int:
+    """Classes per vmap call on CUDA: the device's available memory over the peak cost of one
+    class's real-side gradient, measured by computing it; 0 when one class does not fit."""
+    device = images.device
+    # Forked: the measuring draws nothing from the run's stream, so a resumed run, which measures
+    # again, stays equal to an uninterrupted one.
+    try:
+        with forked_rng(device):
+            per_class = _cuda_peak_bytes(
+                lambda: real_class_gradients(regularizer, loss_fn, params, images[:1], labels[:1]), device)
+    except torch.cuda.OutOfMemoryError:
+        return 0  # not even one class under vmap
+    budget = int(_cuda_available_bytes(device) * MEMORY_HEADROOM)
+    return classes_that_fit(budget, per_class, images.shape[0])
+
+
+def _cuda_peak_bytes(fn, device: torch.device) -> int:
+    """What ``fn`` adds to the allocated memory at its peak."""
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def _cuda_available_bytes(device: torch.device) -> int:
+    """Free device memory plus what PyTorch's allocator holds unused (free to it, not to the driver)."""
+    free, _total = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def _class_name(part: object) -> str:
+    return type(part).__name__
+
+
+COMPOSABLE = ("it must be built from torch.func-composable operations "
+              "(no .item(), no Python branching on tensor values)")
+
+
+def check_regularizer_vmaps(regularizer: Regularizer, loss_fn: LossFn, params: dict, images: torch.Tensor,
+                            labels: torch.Tensor, name_of: Callable[[object], str] = _class_name) -> None:
+    """Raise an RddError naming the regularizer (``name_of(regularizer)``) if its gradients fail
+    under ``torch.func.vmap`` over the classes of ``images`` (K, B, C, H, W).
+
+    Only the regularizer is judged: when the plain gradient fails under vmap as well, the backbone
+    is at fault, and this check passes (a looped run does not need vmap).
+    """
+    error = _error_of(lambda: real_class_gradients(regularizer, loss_fn, params, images, labels))
+    if error is None:
+        return
+    if _error_of(lambda: synthetic_class_gradients(loss_fn, params, images, labels)) is not None:
+        return  # the backbone's fault: not the regularizer's to report
+    raise RddError(f"regularizer {name_of(regularizer)!r} fails under torch.func.vmap, which batches the "
+                   f"classes on CUDA ({_first_sentence(error)}): {COMPOSABLE}") from error
+
+
+def _error_of(fn) -> Exception | None:
+    try:
+        fn()
+    except RddError:  # the part's own message, already meant for the user
+        raise
+    except Exception as error:
+        return error
+    return None
+
+
+def _first_sentence(error: Exception) -> str:
+    """torch's reason, kept to its first sentence: the message must stay one line."""
+    lines = str(error).strip().splitlines()
+    return lines[0].split(". ")[0].rstrip(".") if lines else type(error).__name__
 
 
 def layerwise_distance(real: Gradients, synthetic: Gradients) -> torch.Tensor:
@@ -98,10 +214,13 @@ def layerwise_distance(real: Gradients, synthetic: Gradients) -> torch.Tensor:
 
 def matching_loss(regularizer: Regularizer, loss_fn: LossFn, params: dict, real_images: torch.Tensor,
                   real_labels: torch.Tensor, syn_images: torch.Tensor, syn_labels: torch.Tensor,
-                  batched: bool) -> torch.Tensor:
+                  batched: bool, chunk: int | None = None) -> torch.Tensor:
     """One gradient-matching objective over all classes, differentiable w.r.t. ``syn_images``.
 
     real (K, B, C, H, W), synthetic (K, IPC, C, H, W); the real side goes through ``regularizer``.
+    ``chunk`` bounds the classes per vmap call on both sides. It bounds the real side's memory;
+    the synthetic side keeps every class's graph for the backward pass, as the loop does.
     """
-    target = real_class_gradients(regularizer, loss_fn, params, real_images, real_labels, batched)
-    return layerwise_distance(target, synthetic_class_gradients(loss_fn, params, syn_images, syn_labels, batched))
+    target = real_class_gradients(regularizer, loss_fn, params, real_images, real_labels, batched, chunk)
+    synthetic = synthetic_class_gradients(loss_fn, params, syn_images, syn_labels, batched, chunk)
+    return layerwise_distance(target, synthetic)

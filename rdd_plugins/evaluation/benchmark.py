@@ -13,7 +13,7 @@ from ..errors import RddError
 from ..registry import Registry
 from ..run.folder import check_writable
 from ..run.parts import DatasetShape, load_split, model_factory, set_label, train_on_set, unfinished
-from ..runtime import prepare_device
+from ..runtime import prepare_runtime, scoped_numerics
 from ..storage import DistilledSet, atomic_write_text, write_json
 from ..versions import package_versions
 from .pipeline import backbone_specs, check_set_fits
@@ -22,6 +22,7 @@ from .pipeline import backbone_specs, check_set_fits
 ROBUSTBENCH_DATASETS = ("cifar10", "cifar100")
 
 
+@scoped_numerics
 def run_benchmark(distilled: DistilledSet, config: RunConfig, registry: Registry, *, out: str | Path | None = None,
                   dataset: str | None = None, threat_model: str = "Linf", eps: str | float | None = None,
                   n_examples: int = 10000, batch_size: int = 500, name: str | None = None,
@@ -41,7 +42,7 @@ def run_benchmark(distilled: DistilledSet, config: RunConfig, registry: Registry
     eps_value = rb.default_eps(dataset, threat_model) if eps is None else parse_eps(eps, threat_model)
     if out is not None:
         out = check_writable(out, "benchmark folder")
-    device = prepare_device(config.device)
+    device = prepare_runtime(config, "evaluation").device
     specs = backbone_specs(config)
     if len(specs) != 1:
         raise RddError(f"benchmark trains one model: give one backbone, not {', '.join(b for b, _ in specs)}")

@@ -8,7 +8,6 @@ the registry by name.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from ..errors import RddError
 from ..lifecycle import notify
 from ..registry import Registry
 from ..run.parts import load_test_split, model_factory, set_label, train_on_set, unfinished
-from ..runtime import prepare_device
+from ..runtime import Runtime, device_clock, prepare_runtime, scoped_numerics
 from ..storage import DistilledSet
 from .metrics import robustness_indices, success_rate, summarize
 from .robust import clean_correct, robust_correct
@@ -104,10 +103,10 @@ def run_attacks(model, registry: Registry, plan: list[PlannedAttack], cascade: b
                 if not callable(attack):
                     raise RddError(f"attack {a.attack!r} (plugin {registry.get('attacks', a.attack).plugin!r}) "
                                    f"returned {type(attack).__name__}, not a callable (images, labels) -> images")
-                t0 = time.perf_counter()
+                t0 = device_clock(x.device)
                 survived = robust_correct(model, attack, x, y, target, batch_size, progress=progress,
                                           desc=f"{name} {a.attack} eps={text}", eps=eps, threat_model=threat)
-                seconds = time.perf_counter() - t0
+                seconds = device_clock(x.device) - t0
                 attacked, fooled = int(target.sum()), int((target & ~survived).sum())
                 alive = alive & survived
                 per_attack[a.attack][text] = {
@@ -163,6 +162,7 @@ def _summary(per_seed: list[dict], plan: list[PlannedAttack], cascade: bool) -> 
     return summary
 
 
+@scoped_numerics
 def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry, *,
                  test: ImageData | None = None, label: str = "", progress: bool = True,
                  seeds_dir: str | Path | None = None) -> list[dict]:
@@ -172,7 +172,8 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
     (backbone, seed) is kept there and reused by a rerun of the same evaluation (seed_cache.py).
     """
     # -- set up: the attack plan, the test split and every backbone built before any training -------
-    device = prepare_device(config.device)
+    runtime = prepare_runtime(config, "evaluation")
+    device = runtime.device
     specs = backbone_specs(config)
     for backbone, params in specs:
         registry.get("backbones", backbone)
@@ -207,7 +208,7 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
                     cache.put(backbone, backbone_params, seed, done)
             per_seed.append(done)
         row = result_row(distilled, config, test, name, backbone, backbone_params, plan, cascade, per_seed,
-                         device)
+                         runtime)
         notify("rdd_evaluation_finished", report=row)
         rows.append(row)
     return rows
@@ -218,11 +219,11 @@ def evaluate_seed(make_model, distilled: DistilledSet, config: RunConfig, regist
                   seed: int, device: torch.device, progress: bool, tag: str) -> dict:
     """One fresh model: train it on the set, count clean-correct test points, run the attack plan."""
     torch.manual_seed(seed)
-    t0 = time.perf_counter()
+    t0 = device_clock(device)
     model = train_on_set(make_model, distilled, config, device, progress=progress, desc=f"{tag} train seed {seed}")
-    t1 = time.perf_counter()
+    t1 = device_clock(device)
     correct = clean_correct(model, x_test, y_test, config.evaluate.eval_batch_size)
-    t2 = time.perf_counter()
+    t2 = device_clock(device)
     per_attack, worst = run_attacks(model, registry, plan, cascade, x_test, y_test, correct, seed=seed,
                                     batch_size=config.evaluate.eval_batch_size, progress=progress, name=tag)
     return {
@@ -232,13 +233,13 @@ def evaluate_seed(make_model, distilled: DistilledSet, config: RunConfig, regist
         "worst": worst,
         "train_seconds": round(t1 - t0, 3),
         "clean_seconds": round(t2 - t1, 4),
-        "attack_seconds": round(time.perf_counter() - t2, 3),
+        "attack_seconds": round(device_clock(device) - t2, 3),
     }
 
 
 def result_row(distilled: DistilledSet, config: RunConfig, test: ImageData, name: str, backbone: str,
                backbone_params: dict, plan: list[PlannedAttack], cascade: bool, per_seed: list[dict],
-               device: torch.device) -> dict:
+               runtime: Runtime) -> dict:
     """One row of results.json: the set, how it was evaluated, every seed and their summary."""
     ecfg = config.evaluate
     meta = distilled.meta
@@ -255,7 +256,7 @@ def result_row(distilled: DistilledSet, config: RunConfig, test: ImageData, name
             "epochs": ecfg.epochs, "suite": ecfg.suite, "cascade": cascade,
             "attacks": [{"attack": a.attack, "params": a.params, "threat_model": a.threat_model,
                          "eps": list(a.eps)} for a in plan],
-            "n_test": int(test.images.shape[0]), "device": str(device),
+            "n_test": int(test.images.shape[0]), "device": str(runtime.device), "runtime": runtime.record(),
         },
         "per_seed": per_seed,
         "summary": _summary(per_seed, plan, cascade),

@@ -51,8 +51,10 @@ def _describe(folder: Path) -> str:
 
     try:
         meta = json.loads((folder / META_FILE).read_text())
-        return (f"a distilled set ({meta.get('distiller', '?')}+{meta.get('regularizer', '?')}, "
-                f"ipc {meta.get('ipc', '?')})")
+        made = f"{meta.get('distiller', '?')}+{meta.get('regularizer', '?')}, ipc {meta.get('ipc', '?')}"
+        if meta.get("interrupted"):
+            return f"an unfinished run ({made}, interrupted at {meta.get('completed_iterations')}/{meta.get('iterations')})"
+        return f"a distilled set ({made})"
     except (OSError, ValueError, AttributeError):
         return "an unfinished run (a checkpoint)"
 

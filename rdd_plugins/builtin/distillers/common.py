@@ -28,6 +28,27 @@ def random_real_indices(context: DistillContext, per_class: int, who: str) -> to
     return torch.cat([ix[torch.randperm(len(ix), device=ix.device)[:per_class]] for ix in context.class_indices])
 
 
+def first_images_of_classes(context: DistillContext, classes: int, per_class: int
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``per_class`` images of the first ``classes`` classes, (classes, per_class, C, H, W)
+    with their labels; fewer where the data has fewer. Draws no random numbers."""
+    indices = context.class_indices[:classes]
+    n = min(per_class, min(len(ix) for ix in indices))
+    picks = torch.stack([ix[:n] for ix in indices])
+    return context.train.images[picks], context.train.labels[picks]
+
+
+def registered_name(part: object, kind: str = "regularizers") -> str:
+    """The name ``part``'s class is registered under, for messages; else its class name."""
+    from ...plugins import get_registry  # at call time: the registry is built from these modules
+
+    registry = get_registry()
+    for name in registry.names(kind):
+        if not name.endswith(":") and registry.get(kind, name).factory is type(part):
+            return name
+    return type(part).__name__
+
+
 def project_to_pixels(latent: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """A latent in normalized units (x - mean) / std, projected onto the [0, 1] pixel box."""
     return torch.max(torch.min(latent, (1 - mean) / std), -mean / std)

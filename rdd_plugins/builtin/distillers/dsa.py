@@ -19,11 +19,12 @@ TRANSFORMS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 class SiameseAugment:
     """DSA's differentiable augmentations with DSA's default parameters, in normalized units.
 
-    One transform is drawn per call (DSA's mode 'S'). Siamese calls (a class's real and synthetic
-    batch) draw one set of parameters and apply it to every image of both batches, as DSA's code
-    does when seeded (``Siamese``: every sample takes the first sample's draw); the inner loop's
-    unpaired calls draw per sample (DSA's ``seed=-1``). Images are augmented as (x - mean) / std,
-    the units DSA's parameters are defined in, and mapped back to pixels.
+    One transform is drawn per siamese pair and per unpaired call (DSA's mode 'S'). A siamese
+    pair (a class's real and synthetic batch) draws one set of parameters and applies it to every
+    image of both batches, as DSA's code does when seeded (``Siamese``: every sample takes the
+    first sample's draw); the inner loop's unpaired calls draw per sample (DSA's ``seed=-1``).
+    Images are augmented as (x - mean) / std, the units DSA's parameters are defined in, and mapped
+    back to pixels.
     """
 
     def __init__(self, strategy: str = DSA_STRATEGY, *, prob_flip: float = 0.5, ratio_scale: float = 1.2,
@@ -41,12 +42,26 @@ class SiameseAugment:
     def __call__(self, real: torch.Tensor, syn: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
         """Augment one class's real (B, C, H, W) and synthetic (S, C, H, W) batches with one and
         the same transform."""
-        return tuple(self.apply([real, syn], mean, std, siamese=True))
+        real, syn = self.per_class(real[None], syn[None], mean, std)
+        return real[0], syn[0]
 
     def per_class(self, real: torch.Tensor, syn: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
-        """Real (K, B, ...) and synthetic (K, S, ...) batches, each class's pair under its own draw."""
-        pairs = [self(real[k], syn[k], mean, std) for k in range(real.shape[0])]
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        """Real (K, B, ...) and synthetic (K, S, ...) batches, each class's pair under its own draw
+        (a transform and one set of its parameters, shared by the class's real and synthetic
+        images). All classes draw at once and each transform drawn runs once over its classes: a
+        loop over classes would launch a dozen small kernels per class."""
+        # Drawn on the CPU's generator, as DSA does: grouping the classes needs no device sync.
+        choices = torch.randint(len(self.transforms), (real.shape[0],))
+        real_parts, syn_parts, order = [], [], []
+        for t in choices.unique().tolist():
+            name = self.transforms[t]
+            classes = torch.nonzero(choices == t).flatten().to(real.device)
+            params = self._draw(name, classes.numel(), real[0])
+            real_parts.append(self._augment_classes(name, real.index_select(0, classes), params, mean, std))
+            syn_parts.append(self._augment_classes(name, syn.index_select(0, classes), params, mean, std))
+            order.append(classes)
+        restore = torch.argsort(torch.cat(order))
+        return torch.cat(real_parts).index_select(0, restore), torch.cat(syn_parts).index_select(0, restore)
 
     def apply(self, batches: list[torch.Tensor], mean: torch.Tensor, std: torch.Tensor, *,
               siamese: bool) -> list[torch.Tensor]:
@@ -55,13 +70,23 @@ class SiameseAugment:
         if not siamese and len(batches) != 1:
             raise ValueError("per-sample draws augment one batch")
         name = self.transforms[int(torch.randint(len(self.transforms), (1,)))]
-        params = getattr(self, f"_draw_{name}")(1 if siamese else batches[0].shape[0], batches[0])
-        out = []
-        for x in batches:
-            z = (x - mean) / std
-            z = getattr(self, f"_apply_{name}")(z, {k: v.expand(x.shape[0], *v.shape[1:]) for k, v in params.items()})
-            out.append(z * std + mean)
-        return out
+        params = self._draw(name, 1 if siamese else batches[0].shape[0], batches[0])
+        return [self._augment(name, x, {k: v.expand(x.shape[0], *v.shape[1:]) for k, v in params.items()}, mean, std)
+                for x in batches]
+
+    def _draw(self, name: str, n: int, ref: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``n`` parameter sets of transform ``name``, on ``ref``'s device."""
+        return getattr(self, f"_draw_{name}")(n, ref)
+
+    def _augment_classes(self, name, x, params, mean, std):
+        """Classes' batches (G, N, C, H, W) under ``params`` drawn once per class (G, ...)."""
+        per_image = {k: v.repeat_interleave(x.shape[1], dim=0) for k, v in params.items()}
+        return self._augment(name, x.flatten(0, 1), per_image, mean, std).reshape(x.shape)
+
+    def _augment(self, name, x, params, mean, std):
+        """Images (N, C, H, W) under per-image ``params``, in DSA's normalized units."""
+        z = getattr(self, f"_apply_{name}")((x - mean) / std, params)
+        return z * std + mean
 
     # Each transform: _draw_* samples per-sample parameters; _apply_* is differentiable in x.
     def _draw_color(self, n, ref):
@@ -76,8 +101,9 @@ class SiameseAugment:
         return (x - x_mean) * (p["c"] + self.contrast) + x_mean
 
     def _affine(self, x, theta):
-        grid = F.affine_grid(theta, list(x.shape), align_corners=True)
-        return F.grid_sample(x, grid, align_corners=True)
+        # DSA calls affine_grid and grid_sample with torch's defaults (align_corners=False)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, align_corners=False)
 
     def _draw_scale(self, n, ref):
         r = self.ratio_scale
@@ -94,7 +120,8 @@ class SiameseAugment:
 
     def _apply_rotate(self, x, p):
         cos, sin, zeros = torch.cos(p["angle"]), torch.sin(p["angle"]), torch.zeros_like(p["angle"])
-        theta = torch.stack([torch.stack([cos, sin, zeros], 1), torch.stack([-sin, cos, zeros], 1)], 1)
+        # DSA's matrix (rotating the other way would have the same distribution, not DSA's draws)
+        theta = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)
         return self._affine(x, theta)
 
     def _draw_flip(self, n, ref):
@@ -151,10 +178,19 @@ class DifferentiableSiameseAugmentation(GradientMatching):
     def __init__(self, *, strategy: str = DSA_STRATEGY, **gm_params) -> None:
         super().__init__(**gm_params)
         self.augment = SiameseAugment(strategy)
+        self._stats_key, self._stats = None, None
 
     def prepare_batches(self, real_x, syn, context: DistillContext):
-        return self.augment.per_class(real_x, syn, *dataset_stats(context))
+        return self.augment.per_class(real_x, syn, *self._dataset_stats(context))
 
     def train_batch(self, images, context: DistillContext):
-        mean, std = dataset_stats(context)
+        mean, std = self._dataset_stats(context)
         return self.augment.apply([images], mean, std, siamese=False)[0]
+
+    def _dataset_stats(self, context: DistillContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dataset's mean and std on the run's device, made once: every inner-loop minibatch
+        needs them, and making them anew copies them from the host each time."""
+        key = (context.train.mean, context.train.std, context.device)
+        if self._stats_key != key:
+            self._stats_key, self._stats = key, dataset_stats(context)
+        return self._stats

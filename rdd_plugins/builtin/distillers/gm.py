@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...distillation.contract import DistillContext
-from ...distillation.matching import make_loss_fn, matching_loss, trainable_params, use_vmap
+from ...distillation.matching import (check_regularizer_vmaps, cuda_class_chunk, forked_rng, make_loss_fn,
+                                      matching_loss, trainable_params, use_vmap)
 from ...errors import RddError
-from .common import SyntheticImages
+from .common import SyntheticImages, first_images_of_classes, registered_name
 
 # DC's (outer_loop, inner_loop) by images per class.
 DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -38,9 +39,26 @@ def _freeze_batch_norm_on_real(net: nn.Module, context: DistillContext) -> None:
     net.train()
     with torch.no_grad():
         net(real_x.flatten(0, 1))
+    _fix_batch_norm(net)
+
+
+def _fix_batch_norm(net: nn.Module) -> None:
     for m in net.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
+
+
+def check_regularizer_on_run(context: DistillContext) -> None:
+    """Fail at the start, naming the regularizer, if it cannot be vmapped over classes, even when
+    this run loops: the same run on a GPU would fail mid-run. 2 images of 2 classes and a fresh
+    network keep it cheap; the network is set up as a matching step sets it up."""
+    with forked_rng(context.device):  # the run's random stream stays what it was without the check
+        net = context.make_model()
+        net.train()
+        _fix_batch_norm(net)
+        images, labels = first_images_of_classes(context, classes=2, per_class=2)
+        check_regularizer_vmaps(context.regularizer, make_loss_fn(net), trainable_params(net), images, labels,
+                                name_of=registered_name)
 
 
 class GradientMatching:
@@ -50,8 +68,11 @@ class GradientMatching:
     (outer_loop, inner_loop) from DC's table by IPC, init real. The real-batch gradient comes from
     the run's regularizer, which is how GUARD's curvature term enters. ``class_batching``: auto
     (vmap on CUDA, a loop over classes on CPU), vmap or loop; both give the same gradients.
-    Images live in normalized units and are projected onto [0, 1] when ``clamp`` (see
-    :class:`SyntheticImages`).
+    ``class_chunk``: classes per vmap call; 0 (auto) sizes it on CUDA from the device's free memory
+    and one class's cost, measured on the first matching step, and loops when not even one class
+    fits; elsewhere 0 takes all classes at once. The regularizer is checked under vmap at
+    :meth:`init`, whatever the batching. Images live in normalized units and are projected onto
+    [0, 1] when ``clamp`` (see :class:`SyntheticImages`).
     """
 
     iterations_needed = True
@@ -59,7 +80,7 @@ class GradientMatching:
     def __init__(self, *, lr_img: float = 0.1, momentum_img: float = 0.5, lr_net: float = 0.01,
                  batch_real: int = 256, batch_train: int = 256, outer_loop: int | None = None,
                  inner_loop: int | None = None, init: str = "real", clamp: bool = True,
-                 class_batching: str = "auto") -> None:
+                 class_batching: str = "auto", class_chunk: int = 0) -> None:
         if lr_net <= 0 or min(batch_real, batch_train) <= 0:
             raise RddError("gm: lr_net and batch sizes must be positive")
         if (outer_loop is not None and outer_loop < 1) or (inner_loop is not None and inner_loop < 0):
@@ -69,8 +90,13 @@ class GradientMatching:
         self.outer_loop, self.inner_loop = outer_loop, inner_loop
         use_vmap(class_batching, torch.device("cpu"))  # validates the choice now, not mid-run
         self.class_batching = class_batching
+        if class_chunk < 0:
+            raise RddError(f"gm: class_chunk must be >= 0 (0: auto), got {class_chunk}")
+        self.class_chunk = class_chunk
+        self._cuda_chunk: int | None = None  # auto's chunk on CUDA, once measured
 
     def init(self, context: DistillContext) -> dict:
+        check_regularizer_on_run(context)
         outer, inner = dc_loops(context.ipc)
         return {
             **self.images.init_state(context),
@@ -87,7 +113,6 @@ class GradientMatching:
         net_optimizer = torch.optim.SGD(net.parameters(), lr=self.lr_net)
         syn_labels = state["labels"].view(k, ipc)
         has_bn = _has_batch_norm(net)
-        batched = use_vmap(self.class_batching, context.device)
         total = 0.0
         for outer in range(state["outer_loop"]):
             if has_bn:
@@ -95,7 +120,9 @@ class GradientMatching:
             real_x, real_y = context.real_batch(self.batch_real)
             latent, syn = self.images.leaf(state, context)
             real_x, syn = self.prepare_batches(real_x, syn, context)
-            loss = matching_loss(context.regularizer, loss_fn, params, real_x, real_y, syn, syn_labels, batched)
+            batched, chunk = self._class_batching(context, loss_fn, params, real_x, real_y)
+            loss = matching_loss(context.regularizer, loss_fn, params, real_x, real_y, syn, syn_labels,
+                                 batched, chunk)
             (g_latent,) = torch.autograd.grad(loss, latent)
             self.images.step(state, context, g_latent)
             total += loss.item()
@@ -106,6 +133,18 @@ class GradientMatching:
             self._train_on_synthetic(net, net_optimizer, state, context, state["inner_loop"])
         # DC logs the loss averaged over classes and outer steps.
         return {"match_loss": total / (k * state["outer_loop"])}
+
+    def _class_batching(self, context, loss_fn, params, real_x, real_y) -> tuple[bool, int | None]:
+        """(through vmap or a loop, classes per vmap call or None for all)."""
+        if not use_vmap(self.class_batching, context.device):
+            return False, None
+        if self.class_chunk:
+            return True, self.class_chunk
+        if context.device.type != "cuda":
+            return True, None
+        if self._cuda_chunk is None:  # once: the network's shape and the batch sizes stay the same
+            self._cuda_chunk = cuda_class_chunk(context.regularizer, loss_fn, params, real_x, real_y)
+        return self._cuda_chunk > 0, self._cuda_chunk or None
 
     def _train_on_synthetic(self, net, optimizer, state, context, epochs: int) -> None:
         images = self.images.pixels(state, context)

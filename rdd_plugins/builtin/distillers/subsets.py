@@ -36,15 +36,16 @@ def herding_indices(features: torch.Tensor, count: int) -> torch.Tensor:
     mean = features.mean(0)
     running = torch.zeros_like(mean)
     taken = torch.zeros(features.shape[0], dtype=torch.bool, device=features.device)
-    picks = []
+    picks = torch.empty(count, dtype=torch.long, device=features.device)
     for t in range(count):
-        distance = ((running + features) / (t + 1) - mean).norm(dim=1)
-        distance[taken] = float("inf")
-        i = int(distance.argmin())
-        picks.append(i)
-        taken[i] = True
-        running += features[i]
-    return torch.tensor(picks, dtype=torch.long, device=features.device)
+        distance = ((running + features) / (t + 1) - mean).norm(dim=1).masked_fill(taken, float("inf"))
+        # The pick stays a one-element device tensor: reading it on the host would wait for the
+        # GPU once per pick.
+        pick = distance.argmin().view(1)
+        picks[t:t + 1] = pick
+        taken.index_fill_(0, pick, True)
+        running += features.index_select(0, pick)[0]
+    return picks
 
 
 class Herding:

@@ -1,0 +1,112 @@
+"""Where a job lives: folders keyed by its resolved config, and which jobs a shard takes.
+
+A job's set folder is keyed by everything in its config but the ``evaluate`` section, and its
+evaluation folder (inside the set folder's ``evaluation/``, where run folders keep what is derived
+from their set) by the ``evaluate`` section alone: a changed evaluation setting re-evaluates the
+sets it already has, and any other change distils afresh. This is the seed cache's keying
+(evaluation/seed_cache.py) one level up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from ..config import RunConfig
+from ..errors import RddError
+from .grid import Job
+
+KEY_CHARS = 12  # of the SHA-256 in a folder name: collisions need ~16M configs in one study
+JOBS_FOLDER = "jobs"
+
+
+def digest(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def set_part(config: RunConfig) -> dict:
+    """What the distilled set depends on: the resolved config less its evaluate section."""
+    return {k: v for k, v in config.to_dict().items() if k != "evaluate"}
+
+
+def set_key(config: RunConfig) -> str:
+    return digest(set_part(config))
+
+
+def evaluation_key(config: RunConfig) -> str:
+    return digest(config.to_dict()["evaluate"])
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+
+
+def set_folder(out: str | Path, job: Job) -> Path:
+    """``OUT/jobs/DATASET-ipcK-METHOD-seedS-KEY``: readable, and unique by the key."""
+    name = f"{_slug(job.dataset)}-ipc{job.ipc}-{_slug(job.method)}-seed{job.seed}-{set_key(job.config)[:KEY_CHARS]}"
+    return Path(out) / JOBS_FOLDER / name
+
+
+def evaluation_folder(out: str | Path, job: Job) -> Path:
+    return set_folder(out, job) / "evaluation" / evaluation_key(job.config)[:KEY_CHARS]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N) with 0 <= I < N."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match:
+        raise RddError(f"shard {text!r} must look like I/N, e.g. 0/4 (0-based I)")
+    index, count = int(match[1]), int(match[2])
+    if count < 1 or index >= count:
+        raise RddError(f"shard {text!r}: need 0 <= I < N")
+    return index, count
+
+
+def shard_jobs(jobs: list[Job], index: int, count: int) -> list[Job]:
+    """Every ``count``-th job from ``index``: shards of one grid share no job and miss none."""
+    return jobs[index::count]
+
+
+# -- what a job's folders hold ---------------------------------------------------------------------
+
+def _saved_config(path: Path) -> dict | None:
+    """The resolved config a folder's config.toml holds, or None when it is missing or unreadable."""
+    from ..config import resolve
+
+    try:
+        return resolve(config_file=path).to_dict() if path.is_file() else None
+    except RddError:
+        return None
+
+
+def finished_set_meta(folder: Path, config: RunConfig) -> dict | None:
+    """meta.json of a finished set made with ``config`` (its evaluate section aside), else None."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("interrupted") or not (folder / "images.safetensors").is_file():
+        return None
+    made_with = {k: v for k, v in (meta.get("config") or {}).items() if k != "evaluate"}
+    return meta if json.dumps(made_with, sort_keys=True) == json.dumps(set_part(config), sort_keys=True) else None
+
+
+def resumable(folder: Path, config: RunConfig) -> bool:
+    """A checkpoint there, of a run whose config.toml is this job's (its evaluate section aside)."""
+    saved = _saved_config(folder / "config.toml")
+    return (folder / "checkpoint.safetensors").is_file() and saved is not None and \
+        {k: v for k, v in saved.items() if k != "evaluate"} == set_part(config)
+
+
+def finished_results(folder: Path, config: RunConfig) -> list[dict] | None:
+    """The rows of an evaluation written for exactly ``config``, else None."""
+    from ..evaluation.report import load_results
+
+    if not (folder / "results.json").is_file() or _saved_config(folder / "config.toml") != config.to_dict():
+        return None
+    try:
+        return load_results(folder / "results.json")
+    except RddError:
+        return None

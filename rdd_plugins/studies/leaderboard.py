@@ -1,0 +1,183 @@
+"""The study's leaderboard: every finished job's results gathered into one table per dataset, IPC
+and evaluation backbone, with paired differences, protocol flags, and plots.
+
+Only the jobs of the current grid count, each read from its own keyed folder: whichever shard
+writes the leaderboard reads every finished job present in the study folder, and folders left by
+earlier settings of the study are not mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ..config import parse_eps
+from ..storage import atomic_write_text, write_json
+from .checks import protocol_flags
+from .grid import Job, Study
+from .jobs import evaluation_folder, finished_results, set_folder
+
+SCHEMA = "rdd-study-leaderboard/1"
+# "Improvement over random" is the field's reference point (a random real subset of the same size);
+# the random method is the one the registry knows under this name.
+RANDOM_DISTILLER = "random"
+
+
+# -- gather -----------------------------------------------------------------------------------------
+
+def collect(out: Path, jobs: list[Job]) -> list[dict]:
+    """One record per finished job and evaluation backbone."""
+    records = []
+    for job in jobs:
+        rows = finished_results(evaluation_folder(out, job), job.config)
+        if rows is None:
+            continue
+        seconds = _distill_seconds(set_folder(out, job))
+        for row in rows:
+            records.append({"dataset": job.dataset, "ipc": job.ipc, "method": job.method, "seed": job.seed,
+                            "backbone": row["backbone"], "seconds": seconds, "row": row})
+    return records
+
+
+def _distill_seconds(folder: Path) -> float | None:
+    try:
+        return float(json.loads((folder / "meta.json").read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# -- statistics -------------------------------------------------------------------------------------
+
+def spread(values: list[float]) -> dict:
+    """Mean and std (ddof 0, as every report here) over seeds."""
+    n = len(values)
+    mean = sum(values) / n
+    return {"mean": round(mean, 3), "std": round(math.sqrt(sum((v - mean) ** 2 for v in values) / n), 3), "n": n}
+
+
+def paired(differences: list[float]) -> dict:
+    """Mean and standard error (ddof 1; None from one seed) of per-seed differences, and how many
+    of them are positive."""
+    n = len(differences)
+    mean = sum(differences) / n
+    se = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1) / n) if n > 1 else None
+    return {"mean": round(mean, 3), "se": None if se is None else round(se, 3),
+            "ahead": sum(d > 0 for d in differences), "n": n}
+
+
+def column_name(threat: str, eps: str) -> str:
+    return f"{threat} {eps}"
+
+
+def _columns(records: list[dict]) -> list[tuple[str, str]]:
+    found = {(t, e) for r in records for t, per in r["row"]["summary"]["worst"].items() for e in per}
+    return sorted(found, key=lambda c: (c[0] != "Linf", c[0], parse_eps(c[1], c[0])))
+
+
+def _metrics(record: dict) -> dict[str, float]:
+    """A job's numbers: clean and worst-case robust accuracy (%), mean over its evaluation models."""
+    summary = record["row"]["summary"]
+    values = {"clean": summary["clean"]["mean"]}
+    values.update({column_name(t, e): s["mean"] for t, per in summary["worst"].items() for e, s in per.items()})
+    return values
+
+
+def _attack_setting(record: dict) -> str:
+    ev = record["row"]["evaluation"]
+    return json.dumps([ev.get("attacks"), ev.get("n_test")], sort_keys=True)
+
+
+def _largest_common(records: list[dict], columns: list[tuple[str, str]]) -> list[str] | None:
+    """The largest eps of the first threat model that every record has."""
+    if not columns:
+        return None
+    threat = columns[0][0]
+    common = [c for c in columns if c[0] == threat and all(
+        c[1] in r["row"]["summary"]["worst"].get(threat, {}) for r in records)]
+    return list(common[-1]) if common else None
+
+
+# -- one group: a dataset, an IPC, an evaluation backbone ------------------------------------------
+
+def _method_entry(method: str, records: list[dict], names: list[str]) -> dict:
+    metrics = [_metrics(r) for r in records]
+    seconds = [r["seconds"] for r in records if r["seconds"] is not None]
+    return {"method": method, "seeds": sorted(r["seed"] for r in records),
+            "clean": spread([m["clean"] for m in metrics]),
+            "worst": {n: spread([m[n] for m in metrics]) for n in names if all(n in m for m in metrics)},
+            "distill_seconds": spread(seconds) if seconds else None,
+            "flagged_jobs": sum(bool(protocol_flags(r["row"])) for r in records)}
+
+
+def _differences(by_method: dict[str, list[dict]], reference: str, keys: list[str]) -> list[dict]:
+    """Per method, the same-seed differences method - reference under the same attacks."""
+    reference_by_seed = {r["seed"]: r for r in by_method.get(reference, [])}
+    entries = []
+    for method, records in by_method.items():
+        if method == reference:
+            continue
+        pairs = [(r, reference_by_seed[r["seed"]]) for r in records if r["seed"] in reference_by_seed
+                 and _attack_setting(r) == _attack_setting(reference_by_seed[r["seed"]])]
+        if not pairs:
+            continue
+        values = [(_metrics(a), _metrics(b)) for a, b in pairs]
+        diffs = {k: paired([a[k] - b[k] for a, b in values]) for k in keys if all(k in a and k in b for a, b in values)}
+        entries.append({"method": method, "seeds": sorted(a["seed"] for a, _ in pairs), "differences": diffs})
+    return entries
+
+
+def group_table(records: list[dict], methods: list[str], baseline: str, random_method: str) -> dict:
+    first = records[0]
+    columns = _columns(records)
+    names = [column_name(t, e) for t, e in columns]
+    by_method = {m: [r for r in records if r["method"] == m] for m in methods}
+    by_method = {m: rs for m, rs in by_method.items() if rs}
+    return {
+        "dataset": first["dataset"], "ipc": first["ipc"], "backbone": first["backbone"],
+        "columns": [list(c) for c in columns],
+        "largest_common_eps": _largest_common(records, columns),
+        "methods": [_method_entry(m, rs, names) for m, rs in by_method.items()],
+        "paired": {"baseline": baseline,
+                   "methods": _differences(by_method, baseline, ["clean", *names])} if baseline else None,
+        "over_random": {"random": random_method,
+                        "methods": _differences(by_method, random_method, names)} if random_method else None,
+    }
+
+
+# -- the whole leaderboard --------------------------------------------------------------------------
+
+def random_method_of(study: Study, jobs: list[Job]) -> str:
+    return next((j.method for j in jobs if j.config.distill.distiller == RANDOM_DISTILLER), "")
+
+
+def leaderboard(study: Study, jobs: list[Job], records: list[dict]) -> dict:
+    methods = [m.name for m in study.methods]
+    random_method = random_method_of(study, jobs)
+    keys = list(dict.fromkeys((r["dataset"], r["ipc"], r["backbone"]) for r in records))
+    keys.sort(key=lambda k: ([d.name for d in study.datasets].index(k[0]), study.ipcs.index(k[1])))
+    groups = [group_table([r for r in records if (r["dataset"], r["ipc"], r["backbone"]) == key], methods,
+                          study.baseline, random_method) for key in keys]
+    flags = [{"dataset": r["dataset"], "ipc": r["ipc"], "method": r["method"], "seed": r["seed"],
+              "backbone": r["backbone"], "flags": protocol_flags(r["row"])} for r in records]
+    return {
+        "schema": SCHEMA, "study": study.name,
+        "jobs": {"total": len(jobs), "finished": len({(r["dataset"], r["ipc"], r["method"], r["seed"])
+                                                      for r in records})},
+        "baseline": study.baseline, "random_method": random_method,
+        "groups": groups,
+        "flags": [f for f in flags if f["flags"]],
+    }
+
+
+def write_leaderboard(out: str | Path, study: Study, jobs: list[Job]) -> dict:
+    """leaderboard.json, leaderboard.md and the plots in ``out``, from every finished job of ``jobs``."""
+    from .markdown import leaderboard_markdown
+    from .plots import write_plots
+
+    out = Path(out)
+    board = leaderboard(study, jobs, collect(out, jobs))
+    plots = write_plots(out, board)
+    write_json(out / "leaderboard.json", {**board, "plots": plots})
+    atomic_write_text(out / "leaderboard.md", leaderboard_markdown(board, plots))
+    return board

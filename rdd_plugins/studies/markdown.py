@@ -1,0 +1,71 @@
+"""leaderboard.md: the leaderboard dict (leaderboard.py) as tables a person reads."""
+
+from __future__ import annotations
+
+
+def _spread(stat: dict | None) -> str:
+    return "—" if stat is None else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+
+
+def _difference(stat: dict | None) -> str:
+    if stat is None:
+        return "—"
+    se = "n/a" if stat["se"] is None else f"{stat['se']:.2f}"
+    return f"{stat['mean']:+.2f} ± {se} ({stat['ahead']}/{stat['n']} ahead)"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|---" * len(head) + "|", *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _group(group: dict) -> list[str]:
+    names = [f"{t} {e}" for t, e in group["columns"]]
+    lines = [f"## {group['dataset']}, IPC {group['ipc']}, evaluated on {group['backbone']}", ""]
+    lines += _table(["method", "seeds", "clean", *names, "distill (s)", "flagged jobs"],
+                    [[m["method"], str(len(m["seeds"])), _spread(m["clean"]),
+                      *(_spread(m["worst"].get(n)) for n in names), _spread(m["distill_seconds"]),
+                      f"{m['flagged_jobs']}/{len(m['seeds'])}"] for m in group["methods"]])
+    for key, title, keys in (("paired", "Paired against `{}` (same seed: method − baseline)", ["clean", *names]),
+                             ("over_random", "Robust improvement over random (`{}`, same IPC, seed and attacks)",
+                              names)):
+        section = group.get(key)
+        if not section or not section["methods"]:
+            continue
+        reference = section.get("baseline") or section.get("random")
+        lines += ["", title.format(reference) + ": mean ± standard error over seeds, seeds ahead.", ""]
+        lines += _table(["method", *keys],
+                        [[m["method"], *(_difference(m["differences"].get(k)) for k in keys)]
+                         for m in section["methods"]])
+    return lines + [""]
+
+
+def _flags(board: dict) -> list[str]:
+    if not board["flags"]:
+        return ["## Protocol checks", "", "No evaluated row trips a check.", ""]
+    lines = ["## Protocol checks", "",
+             "Rows that trip a gradient-masking or protocol check (rdd_plugins/study/checks.py); "
+             "look at them before trusting their numbers.", ""]
+    for f in board["flags"]:
+        lines += [f"- {f['dataset']} IPC {f['ipc']} {f['method']} seed {f['seed']} [{f['backbone']}]: {flag}"
+                  for flag in f["flags"]]
+    return lines + [""]
+
+
+def leaderboard_markdown(board: dict, plots: list[str]) -> str:
+    jobs = board["jobs"]
+    lines = [
+        f"# Study {board['study']}: leaderboard", "",
+        f"{jobs['finished']} of {jobs['total']} jobs finished; this file is rewritten after every "
+        f"finished job. Per dataset, IPC and evaluation backbone: mean ± std (ddof 0) over run seeds of "
+        f"each job's clean and worst-case robust accuracy in % (a job's number is the mean over its "
+        f"evaluation models), and the distillation time in seconds (the set's meta.json; a resumed run "
+        f"counts its last leg only). A worst-case column counts points correct under every attack at "
+        f"that eps and every smaller one.", "",
+    ]
+    if not board["groups"]:
+        lines += ["No job has finished yet.", ""]
+    for group in board["groups"]:
+        lines += _group(group)
+    lines += _flags(board)
+    lines += [f"![{name}]({name})" for name in plots]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,147 @@
+"""The leaderboard's PNGs, one set per dataset: robust accuracy vs eps per method, vs IPC (when the
+grid has several), and at the largest common eps vs distillation seconds."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..config import parse_eps
+from ..storage import atomic_write
+
+
+MIN_SECONDS = 1e-3  # a log axis needs positive times; a one-shot selection may round to 0
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+
+
+def _x(threat: str, eps: str) -> float:
+    return parse_eps(eps, threat) * (255 if threat == "Linf" else 1)
+
+
+def _eps_label(threat: str) -> str:
+    return "Linf eps (x/255)" if threat == "Linf" else f"{threat} eps"
+
+
+def robust_vs_eps(plt, groups: list[dict], path: Path) -> None:
+    """A panel per (IPC, backbone); a line per method: clean at eps 0, then the worst case."""
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), dpi=110, squeeze=False)
+    for ax, group in zip(axes[0], groups):
+        threat = group["columns"][0][0]
+        cols = [e for t, e in group["columns"] if t == threat]
+        for m in group["methods"]:
+            points = [(0.0, m["clean"])] + [(_x(threat, e), m["worst"][f"{threat} {e}"]) for e in cols
+                                            if f"{threat} {e}" in m["worst"]]
+            ax.errorbar([x for x, _ in points], [s["mean"] for _, s in points], yerr=[s["std"] for _, s in points],
+                        marker="o", capsize=3, label=m["method"])
+        ax.set(xlabel=_eps_label(threat), ylabel="accuracy (%)", title=f"IPC {group['ipc']}, {group['backbone']}")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{groups[0]['dataset']}: worst-case robust accuracy (mean ± std over seeds)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _common_eps(groups: list[dict]) -> tuple[str, str] | None:
+    """The largest eps that every group has in common (the first threat model's)."""
+    found = [tuple(g["largest_common_eps"]) for g in groups if g["largest_common_eps"]]
+    if len(found) != len(groups) or len({t for t, _ in found}) != 1:
+        return None
+    threat = found[0][0]
+    ceiling = min(parse_eps(e, threat) for _, e in found)
+    shared = set.intersection(*({e for t, e in g["columns"] if t == threat} for g in groups))
+    shared = [e for e in shared if parse_eps(e, threat) <= ceiling]
+    return (threat, max(shared, key=lambda e: parse_eps(e, threat))) if shared else None
+
+
+def robust_vs_ipc(plt, groups: list[dict], path: Path) -> bool:
+    """Per backbone, robust accuracy at the largest common eps against IPC; False when not drawn."""
+    backbones = list(dict.fromkeys(g["backbone"] for g in groups))
+    common = _common_eps(groups)
+    if common is None or len({g["ipc"] for g in groups}) < 2:
+        return False
+    column = " ".join(common)
+    fig, axes = plt.subplots(1, len(backbones), figsize=(5 * len(backbones), 4), dpi=110, squeeze=False)
+    for ax, backbone in zip(axes[0], backbones):
+        mine = sorted((g for g in groups if g["backbone"] == backbone), key=lambda g: g["ipc"])
+        methods = list(dict.fromkeys(m["method"] for g in mine for m in g["methods"]))
+        for method in methods:
+            points = [(g["ipc"], m["worst"][column]) for g in mine for m in g["methods"]
+                      if m["method"] == method and column in m["worst"]]
+            ax.errorbar([x for x, _ in points], [s["mean"] for _, s in points], yerr=[s["std"] for _, s in points],
+                        marker="o", capsize=3, label=method)
+        ax.set(xlabel="images per class", ylabel=f"robust accuracy at {column} (%)",
+               title=f"{mine[0]['dataset']}, {backbone}")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+def robust_vs_seconds(plt, groups: list[dict], path: Path) -> bool:
+    """Robust accuracy at the largest common eps against distillation seconds, a point per
+    (method, IPC, backbone); False when not drawn."""
+    common = _common_eps(groups)
+    if common is None:
+        return False
+    column = " ".join(common)
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
+    methods = list(dict.fromkeys(m["method"] for g in groups for m in g["methods"]))
+    for method in methods:
+        points = [(g, m) for g in groups for m in g["methods"]
+                  if m["method"] == method and m["distill_seconds"] and column in m["worst"]]
+        if not points:
+            continue
+        seconds = [max(m["distill_seconds"]["mean"], MIN_SECONDS) for _, m in points]
+        ax.errorbar(seconds, [m["worst"][column]["mean"] for _, m in points],
+                    yerr=[m["worst"][column]["std"] for _, m in points], marker="o", linestyle="none", capsize=3,
+                    label=method)
+        for (g, m), x in zip(points, seconds):
+            ax.annotate(f"ipc {g['ipc']}", (x, m["worst"][column]["mean"]), fontsize=7)
+    ax.set_xscale("log")  # selecting a subset and distilling differ by orders of magnitude
+    ax.set(xlabel="distillation (s)", ylabel=f"robust accuracy at {column} (%)",
+           title=f"{groups[0]['dataset']}: robustness for the time spent")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+def write_plots(out: Path, board: dict) -> list[str]:
+    """The PNGs of every dataset in ``board``; their file names."""
+    if not board["groups"]:
+        return []
+    plt = _pyplot()
+    written = []
+    for dataset in dict.fromkeys(g["dataset"] for g in board["groups"]):
+        groups = [g for g in board["groups"] if g["dataset"] == dataset]
+        stem = f"{_slug(dataset)}_"
+        robust_vs_eps(plt, groups, out / f"{stem}robust_vs_eps.png")
+        written.append(f"{stem}robust_vs_eps.png")
+        if robust_vs_ipc(plt, groups, out / f"{stem}robust_vs_ipc.png"):
+            written.append(f"{stem}robust_vs_ipc.png")
+        if robust_vs_seconds(plt, groups, out / f"{stem}robust_vs_seconds.png"):
+            written.append(f"{stem}robust_vs_seconds.png")
+    return written

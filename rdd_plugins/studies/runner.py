@@ -1,0 +1,116 @@
+"""``rdd study``: the jobs of a study's grid (or of one shard of it), each distilled and evaluated
+in its own keyed folder; the leaderboard rewritten after every job that did work.
+
+A job is idempotent: finished (its set, and results.json for this exact config) it is skipped; a
+distillation that was interrupted resumes from its checkpoint; a set whose evaluation settings
+changed is evaluated again without being distilled again.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..config import RunConfig, to_toml
+from ..errors import RddError
+from ..plugins import get_registry
+from ..progress import bar
+from ..registry import Registry
+from ..run.folder import CONFIG_FILE, check_writable
+from ..storage import DistilledSet, atomic_write_text, load_distilled
+from .grid import Job, expand, load_study
+from .jobs import evaluation_folder, finished_results, finished_set_meta, parse_shard, resumable, set_folder, shard_jobs
+from .leaderboard import write_leaderboard
+from .preflight import check_jobs
+
+STUDY_FILE = "study.toml"  # the study as given, beside its results
+
+
+# The two calls that do the work, kept apart so that a caller (or a test) can watch them.
+
+def distill_set(config: RunConfig, registry: Registry, folder: Path, *, progress: bool, resume: bool) -> DistilledSet:
+    from ..distillation.loop import run_distillation
+
+    # The study owns its job folders: a fresh run replaces whatever stale state a folder holds.
+    return run_distillation(config, registry, folder, progress=progress, resume=resume, overwrite=not resume)
+
+
+def evaluate_job_set(distilled: DistilledSet, config: RunConfig, registry: Registry, folder: Path, *,
+                     label: str, progress: bool) -> list[dict]:
+    from ..evaluation.evaluate import evaluate_to_folder
+
+    return evaluate_to_folder(distilled, config, registry, out=folder, label=label, progress=progress,
+                              source=folder.parent.parent)
+
+
+def obtain_set(job: Job, folder: Path, registry: Registry, progress: bool) -> tuple[DistilledSet, str]:
+    """The job's set and how it was had: "reused", "resumed" or "distilled"."""
+    if finished_set_meta(folder, job.config) is not None:
+        try:
+            return load_distilled(folder), "reused"
+        except RddError:
+            pass  # damaged files under a finished meta.json: distil afresh
+    if resumable(folder, job.config):
+        from ..run.settings import run_config
+
+        # the run's own config.toml: its evaluate section may be an older one, and resume checks it
+        saved = run_config(folder / CONFIG_FILE)
+        return distill_set(saved, registry, folder, progress=progress, resume=True), "resumed"
+    return distill_set(job.config, registry, folder, progress=progress, resume=False), "distilled"
+
+
+def run_job(job: Job, out: Path, registry: Registry, progress: bool) -> str:
+    """"skipped", or how the set was had ("reused", "resumed", "distilled") before it was evaluated."""
+    set_dir, eval_dir = set_folder(out, job), evaluation_folder(out, job)
+    if finished_results(eval_dir, job.config) is not None and finished_set_meta(set_dir, job.config) is not None:
+        return "skipped"
+    distilled, how = obtain_set(job, set_dir, registry, progress)
+    evaluate_job_set(distilled, job.config, registry, eval_dir, label=job.method, progress=progress)
+    return how
+
+
+def default_out(source) -> Path:
+    if isinstance(source, dict):
+        raise RddError("a study given as a dict needs an output folder (out=...)")
+    return Path("runs") / Path(source).stem
+
+
+def run_study(source: str | Path | dict, out: str | Path | None = None, *, shard: str | tuple[int, int] = (0, 1),
+              progress: bool = True) -> dict:
+    """Run this shard's jobs of the study in ``source`` (a TOML path or a dict) into ``out``.
+
+    Everything is checked before the first job: the study's keys, every job's resolved config and
+    its parts. Returns the counts of what each job did, the failures, and the leaderboard.
+    """
+    index, count = parse_shard(shard) if isinstance(shard, str) else shard
+    if not 0 <= index < count:
+        raise RddError(f"shard {index}/{count}: need 0 <= I < N")
+    study = load_study(source)
+    jobs = expand(study)
+    registry = get_registry()
+    check_jobs(jobs, registry)
+    out = check_writable(out if out is not None else default_out(source), "study folder")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / STUDY_FILE, to_toml(study.source))
+    mine = shard_jobs(jobs, index, count)
+    done: dict[str, int] = {}
+    failed = []
+    with bar(total=len(mine), desc=f"study {study.name}", unit="job", enabled=progress) as pbar:
+        for job in mine:
+            pbar.set_postfix_str(job.title)
+            try:
+                how = run_job(job, out, registry, progress)
+            except RddError as exc:  # one job's problem (a NaN, a bad value) need not stop the others
+                print(f"rdd: study job {job.title} failed: {exc}", file=sys.stderr)
+                failed.append(f"{job.title}: {exc}")
+                how = "failed"
+            done[how] = done.get(how, 0) + 1
+            if how not in ("skipped", "failed"):
+                write_leaderboard(out, study, jobs)
+            pbar.update(1)
+    board = write_leaderboard(out, study, jobs)
+    summary = {"study": study.name, "out": str(out), "shard": [index, count], "jobs": len(jobs),
+               "shard_jobs": len(mine), "done": done, "failed": failed, "leaderboard": board}
+    if failed:
+        raise RddError(f"{len(failed)} of {len(mine)} jobs failed (the others are in {out}): {failed[0]}")
+    return summary

@@ -1,0 +1,346 @@
+"""`rdd study`: grid expansion and keys, idempotent jobs, shards, the leaderboard, protocol checks."""
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import rdd_plugins
+from rdd_plugins import api, plugins
+from rdd_plugins.cli import main
+from rdd_plugins.config import load_toml, parse_eps
+from rdd_plugins.errors import RddError
+from rdd_plugins.studies import checks, runner
+from rdd_plugins.studies.grid import expand, load_study
+from rdd_plugins.studies.jobs import (evaluation_folder, evaluation_key, parse_shard, set_folder, set_key,
+                                    shard_jobs)
+from rdd_plugins.studies.leaderboard import paired, spread
+
+SMOKE = Path(__file__).resolve().parents[1] / "examples" / "study-smoke.toml"
+
+
+def smoke_study() -> dict:
+    return load_toml(SMOKE)
+
+
+@pytest.fixture(scope="module")
+def smoke_out(tmp_path_factory):
+    """The smoke study run once through the CLI; tests copy the folder before changing it."""
+    out = tmp_path_factory.mktemp("smoke") / "study"
+    assert main(["study", str(SMOKE), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture
+def watched(monkeypatch):
+    """The runner's two working calls, recorded (and still done)."""
+    calls = {"distill": [], "evaluate": []}
+    distill, evaluate = runner.distill_set, runner.evaluate_job_set
+
+    def watch_distill(config, registry, folder, **kw):
+        calls["distill"].append((Path(folder).name, kw["resume"]))
+        return distill(config, registry, folder, **kw)
+
+    def watch_evaluate(distilled, config, registry, folder, **kw):
+        calls["evaluate"].append(Path(folder).parent.parent.name)
+        return evaluate(distilled, config, registry, folder, **kw)
+
+    monkeypatch.setattr(runner, "distill_set", watch_distill)
+    monkeypatch.setattr(runner, "evaluate_job_set", watch_evaluate)
+    return calls
+
+
+def _numbers(board: dict) -> dict:
+    """leaderboard.json less what depends on the clock (distillation seconds, plots drawn from them)."""
+    board = copy.deepcopy(board)
+    board.pop("plots", None)
+    for group in board["groups"]:
+        for method in group["methods"]:
+            method.pop("distill_seconds")
+    return board
+
+
+# -- grid expansion and keys ---------------------------------------------------------------------------
+
+GRID = {
+    "base": {"data": {"dataset": "synthetic", "params": {"num_classes": 3}},
+             "backbone": {"params": {"width": 8}},
+             "distill": {"distiller": "gm", "params": {"batch_real": 16}, "regularizer": "curvature",
+                         "regularizer_params": {"lam": 0.5}},
+             "evaluate": {"epochs": 5}},
+    "grid": {"dataset": ["synthetic", {"name": "fashion-mnist"}], "ipc": [1, 5], "seed": [0, 1],
+             "baseline": "random",
+             "method": [{"name": "random", "distiller": "random", "regularizer": "none"},
+                        {"name": "gm+curvature", "regularizer_params": {"lam": 0.3}},
+                        {"name": "gm", "regularizer": "none", "backbone_params": {"norm": "batch"}}]},
+}
+
+
+def test_grid_expands_in_a_fixed_order_with_each_part_its_own_params():
+    jobs = expand(load_study(GRID))
+    assert len(jobs) == 2 * 2 * 3 * 2
+    assert [(j.dataset, j.ipc, j.method, j.seed) for j in jobs[:4]] == [
+        ("synthetic", 1, "random", 0), ("synthetic", 1, "random", 1),
+        ("synthetic", 1, "gm+curvature", 0), ("synthetic", 1, "gm+curvature", 1)]
+    by = {(j.dataset, j.ipc, j.method, j.seed): j.config for j in jobs}
+    rand, curv, gm = by["synthetic", 5, "random", 1], by["synthetic", 1, "gm+curvature", 0], by["synthetic", 1, "gm", 0]
+    assert rand.distill.params == {} and rand.distill.regularizer_params == {} and rand.seed == 1
+    assert rand.distill.ipc == 5
+    assert curv.distill.params == {"batch_real": 16} and curv.distill.regularizer_params == {"lam": 0.3}
+    assert gm.distill.regularizer == "none" and gm.distill.regularizer_params == {}
+    assert gm.backbone.params == {"width": 8, "norm": "batch"} and curv.backbone.params == {"width": 8}
+    assert by["fashion-mnist", 1, "gm", 0].data.params == {} and curv.data.params == {"num_classes": 3}
+    assert all(j.config.evaluate.epochs == 5 for j in jobs)
+
+
+def test_set_key_ignores_evaluate_and_evaluation_key_is_evaluate_alone(tmp_path):
+    job = expand(load_study(GRID))[0]
+    changed_eval = copy.deepcopy(GRID)
+    changed_eval["base"]["evaluate"]["epochs"] = 7
+    other_eval = expand(load_study(changed_eval))[0]
+    changed_distill = copy.deepcopy(GRID)
+    changed_distill["base"]["distill"]["iterations"] = 3
+    other_set = expand(load_study(changed_distill))[0]
+
+    assert set_key(job.config) == set_key(other_eval.config) != set_key(other_set.config)
+    assert evaluation_key(job.config) != evaluation_key(other_eval.config)
+    assert evaluation_key(job.config) == evaluation_key(other_set.config)
+    assert set_folder(tmp_path, job) == set_folder(tmp_path, other_eval)
+    assert evaluation_folder(tmp_path, job).parent == set_folder(tmp_path, job) / "evaluation"
+    assert evaluation_folder(tmp_path, job) != evaluation_folder(tmp_path, other_eval)
+    folders = {set_folder(tmp_path, j) for j in expand(load_study(GRID))}
+    assert len(folders) == 24  # every job its own set folder
+
+
+def test_shards_take_every_nth_job_and_cover_the_grid_once():
+    jobs = expand(load_study(GRID))
+    shards = [shard_jobs(jobs, i, 5) for i in range(5)]
+    titles = [j.title for s in shards for j in s]
+    assert sorted(titles) == sorted(j.title for j in jobs) and len(set(titles)) == len(jobs)
+    assert [j.title for j in shards[1]] == [j.title for j in jobs[1::5]]
+    assert parse_shard("1/4") == (1, 4)
+    for bad in ("4/4", "1-4", "-1/4", "0/0"):
+        with pytest.raises(RddError, match="shard"):
+            parse_shard(bad)
+
+
+# -- bad studies fail before any job -------------------------------------------------------------------
+
+def _with(path: str, value):
+    study = smoke_study()
+    *parents, last = path.split(".")
+    node = study
+    for key in parents:
+        node = node[int(key)] if key.isdigit() else node[key]
+    node[last] = value
+    return study
+
+
+@pytest.mark.parametrize("study, message", [
+    (_with("extra", {}), "unknown key study.extra"),
+    (_with("grid.ipcs", [1]), "unknown key grid.ipcs"),
+    (_with("grid.method.1.regulariser", "none"), r"unknown key grid.method\[1\].regulariser"),
+    (_with("base.evaluate.n_tests", 3), r"study \[base\]: unknown config key evaluate.'n_tests'"),
+    (_with("grid.baseline", "dc"), "grid.baseline 'dc' names no method"),
+    (_with("grid.ipc", [2, 0]), "grid.ipc must hold integers >= 1"),
+    (_with("grid.method.1.distiller", "gmm"), "unknown distiller 'gmm'"),
+    (_with("grid.method.1.regularizer_params", {"lamda": 0.3}), "regularizer 'curvature'"),
+    (_with("base.evaluate.attack", "fgsm,pgdd"), "unknown attack 'pgdd'"),
+])
+def test_a_bad_study_fails_in_one_line_before_any_job(tmp_path, watched, study, message):
+    with pytest.raises(RddError, match=message) as error:
+        api.study(study, out=tmp_path / "out", progress=False)
+    assert "\n" not in str(error.value)
+    assert watched == {"distill": [], "evaluate": []} and not (tmp_path / "out").exists()
+
+
+def test_the_cli_says_a_bad_key_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SMOKE.read_text().replace("[grid]", "[grid]\nipcs = [1]"))
+    assert main(["study", str(bad), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0 and not (tmp_path / "out").exists()
+
+
+# -- the smoke study end to end --------------------------------------------------------------------------
+
+def test_smoke_study_writes_a_leaderboard_with_both_methods(smoke_out):
+    board = json.loads((smoke_out / "leaderboard.json").read_text())
+    assert board["jobs"] == {"total": 4, "finished": 4}
+    (group,) = board["groups"]
+    assert (group["dataset"], group["ipc"], group["backbone"]) == ("synthetic", 2, "convnet")
+    assert [m["method"] for m in group["methods"]] == ["random", "gm+curvature"]
+    assert all(m["seeds"] == [0, 1] and m["clean"]["n"] == 2 and "Linf 8/255" in m["worst"]
+               for m in group["methods"])
+    (diff,) = group["paired"]["methods"]
+    assert diff["method"] == "gm+curvature" and diff["seeds"] == [0, 1]
+    assert {"clean", "Linf 8/255"} == set(diff["differences"]) and diff["differences"]["clean"]["n"] == 2
+    assert group["over_random"]["random"] == "random"
+    assert board["plots"] and all((smoke_out / name).stat().st_size > 0 for name in board["plots"])
+    text = (smoke_out / "leaderboard.md").read_text()
+    assert "| random | 2 |" in text and "| gm+curvature | 2 |" in text and "Paired against `random`" in text
+    assert len(list((smoke_out / "jobs").glob("*/evaluation/*/results.json"))) == 4
+
+
+def test_a_rerun_runs_no_job(smoke_out, tmp_path, watched):
+    out = tmp_path / "study"
+    shutil.copytree(smoke_out, out)
+    (out / "leaderboard.json").unlink()
+    summary = api.study(SMOKE, out=out, progress=False)
+    assert summary["done"] == {"skipped": 4} and watched == {"distill": [], "evaluate": []}
+    assert _numbers(json.loads((out / "leaderboard.json").read_text())) == \
+        _numbers(json.loads((smoke_out / "leaderboard.json").read_text()))
+
+
+def test_a_changed_evaluate_setting_re_evaluates_without_re_distilling(smoke_out, tmp_path, watched):
+    out = tmp_path / "study"
+    shutil.copytree(smoke_out, out)
+    study = _with("base.evaluate.n_test", 30)
+    summary = api.study(study, out=out, progress=False)
+    assert summary["done"] == {"reused": 4}
+    assert watched["distill"] == [] and len(watched["evaluate"]) == 4
+    assert all(len(list(p.glob("evaluation/*/results.json"))) == 2 for p in (out / "jobs").iterdir())
+    rows = [json.loads(p.read_text())["results"][0] for p in (out / "jobs").glob("*/evaluation/*/results.json")]
+    assert sorted(r["evaluation"]["n_test"] for r in rows) == [30] * 4 + [40] * 4
+
+
+def test_two_shards_cover_the_jobs_once_and_give_the_unsharded_leaderboard(smoke_out, tmp_path, watched):
+    out = tmp_path / "study"
+    first = api.study(SMOKE, out=out, shard="0/2", progress=False)
+    after_first = set(watched["distill"])
+    assert first["shard_jobs"] == 2 and len(after_first) == 2
+    assert json.loads((out / "leaderboard.json").read_text())["jobs"] == {"total": 4, "finished": 2}
+    assert main(["study", str(SMOKE), "--out", str(out), "--shard", "1/2", "--no-progress"]) == 0
+    folders = [name for name, _ in watched["distill"]]
+    assert len(folders) == 4 and len(set(folders)) == 4 and sorted(watched["evaluate"]) == sorted(folders)
+    assert _numbers(json.loads((out / "leaderboard.json").read_text())) == \
+        _numbers(json.loads((smoke_out / "leaderboard.json").read_text()))
+
+
+class _StopAfterFirstIteration:
+    @rdd_plugins.hookimpl
+    def rdd_distill_step(self, step):
+        if step.iteration == 1:
+            raise KeyboardInterrupt  # as a second Ctrl-C would, mid-run
+
+
+def test_an_interrupted_distillation_resumes_from_its_checkpoint(tmp_path, watched):
+    study = smoke_study()
+    study["base"]["distill"]["checkpoint_every"] = 1
+    study["grid"].update(seed=[0], baseline="")
+    study["grid"]["method"] = study["grid"]["method"][1:]
+    plugins.register_plugin(_StopAfterFirstIteration(), "stopper")
+    with pytest.raises(KeyboardInterrupt):
+        api.study(study, out=tmp_path, progress=False)
+    (folder,) = (tmp_path / "jobs").iterdir()
+    assert json.loads((folder / "meta.json").read_text())["interrupted"]
+    assert (folder / "checkpoint.safetensors").is_file() and watched["evaluate"] == []
+
+    plugins.unregister_plugin("stopper")
+    summary = api.study(study, out=tmp_path, progress=False)
+    assert summary["done"] == {"resumed": 1} and watched["distill"][-1] == (folder.name, True)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["completed_iterations"] == 2 and not meta["interrupted"]
+    assert json.loads((tmp_path / "leaderboard.json").read_text())["jobs"]["finished"] == 1
+
+
+def test_paired_differences_and_spread():
+    assert paired([1.0, 3.0]) == {"mean": 2.0, "se": 1.0, "ahead": 2, "n": 2}
+    assert paired([-1.0]) == {"mean": -1.0, "se": None, "ahead": 0, "n": 1}
+    assert spread([10.0, 20.0]) == {"mean": 15.0, "std": 5.0, "n": 2}
+
+
+# -- gradient-masking and protocol checks ------------------------------------------------------------
+
+def make_row(per_attack: dict, clean: float = 80.0, cascade: bool = False, worst: dict | None = None) -> dict:
+    """A results.json row: per attack, eps -> robust %; the worst case is the cumulative minimum."""
+    eps = sorted({e for per in per_attack.values() for e in per}, key=parse_eps)
+    if worst is None:
+        worst, running = {}, clean
+        for e in eps:
+            running = min([running] + [per[e] for per in per_attack.values() if e in per])
+            worst[e] = running
+    stat = lambda v: {"mean": v, "std": 0.0, "n": 1}  # noqa: E731
+    return {
+        "label": "m", "backbone": "convnet",
+        "evaluation": {"cascade": cascade,
+                       "attacks": [{"attack": a, "params": {}, "threat_model": "Linf", "eps": list(per)}
+                                   for a, per in per_attack.items()]},
+        "summary": {"clean": stat(clean),
+                    "attacks": {a: {e: {"robust": stat(v), "success_rate": None} for e, v in per.items()}
+                                for a, per in per_attack.items()},
+                    "worst": {"Linf": {e: stat(v) for e, v in worst.items()}}},
+    }
+
+
+SOUND = {"fgsm": {"2/255": 60.0, "8/255": 40.0, "0.3": 5.0},
+         "pgd": {"2/255": 55.0, "8/255": 30.0, "0.3": 0.0},
+         "apgd-ce": {"2/255": 54.0, "8/255": 29.0, "0.3": 0.0},
+         "square": {"2/255": 58.0, "8/255": 35.0, "0.3": 2.0}}
+
+
+def _changed(attack: str, eps: str, value: float) -> dict:
+    per = copy.deepcopy(SOUND)
+    per[attack][eps] = value
+    return per
+
+
+TRIPS = [
+    (checks.robust_above_clean, make_row(SOUND, clean=50.0), "robust above clean: fgsm at 2/255"),
+    (checks.robust_above_clean, make_row(SOUND, worst={"2/255": 90.0}), "worst case Linf 2/255 90.00"),
+    (checks.single_step_stronger, make_row(_changed("fgsm", "8/255", 20.0)), "fgsm 20.00 < pgd 30.00 at Linf 8/255"),
+    (checks.single_step_stronger, make_row(_changed("fgsm", "8/255", 28.0)), "fgsm 28.00 < apgd-ce 29.00"),
+    (checks.robust_rising_with_eps, make_row(_changed("pgd", "8/255", 57.0)), "pgd 55.00 at 2/255 -> 57.00 at 8/255"),
+    (checks.robust_rising_with_eps, make_row(SOUND, worst={"2/255": 40.0, "8/255": 45.0}), "worst case Linf"),
+    (checks.black_box_stronger, make_row(_changed("square", "8/255", 10.0)), "square at Linf 8/255"),
+    (checks.robust_at_huge_eps, make_row(SOUND, worst={"8/255": 30.0, "0.3": 25.0}), "25.00 % (> 10) at Linf 0.3"),
+]
+
+
+@pytest.mark.parametrize("check, row, flag", TRIPS)
+def test_each_check_flags_a_row_built_to_trip_it(check, row, flag):
+    found = check(row)
+    assert any(flag in f for f in found), found
+    assert any(flag in f for f in checks.protocol_flags(row))
+
+
+def test_a_sound_row_trips_no_check():
+    row = make_row(SOUND)
+    assert checks.protocol_flags(row) == []
+    assert all(check(row) == [] for check in checks.CHECKS)
+
+
+def test_attack_comparisons_need_uncascaded_rows():
+    # a cascaded attack's accuracy is cumulative over the ones before it: nothing to compare
+    row = make_row(_changed("square", "8/255", 10.0), cascade=True)
+    row["summary"]["attacks"]["fgsm"]["8/255"]["robust"]["mean"] = 20.0
+    assert checks.single_step_stronger(row) == [] and checks.black_box_stronger(row) == []
+    assert checks.single_step_stronger(make_row(_changed("fgsm", "8/255", 30.0))) == []  # a tie is no flag
+
+
+def test_leaderboard_pairs_same_seed_jobs_and_draws_robust_vs_ipc(tmp_path):
+    from rdd_plugins.studies.leaderboard import leaderboard
+    from rdd_plugins.studies.plots import write_plots
+
+    study = load_study({"base": {"data": {"dataset": "synthetic"}},
+                        "grid": {"ipc": [1, 10], "seed": [0, 1], "baseline": "random",
+                                 "method": [{"name": "random", "distiller": "random", "params": {}},
+                                            {"name": "gm"}]}})
+    jobs = expand(study)
+    records = []
+    for j in jobs:
+        gain = (2.0 + j.seed) if j.method == "gm" else 0.0  # gm ahead by 2 and 3 points
+        row = make_row({"pgd": {"8/255": 30.0 + gain + j.ipc}}, clean=70.0 + gain)
+        records.append({"dataset": j.dataset, "ipc": j.ipc, "method": j.method, "seed": j.seed,
+                        "backbone": "convnet", "seconds": 1.0 if j.method == "random" else 50.0, "row": row})
+    board = leaderboard(study, jobs, records[:-1])  # the last job (gm, ipc 10, seed 1) unfinished
+    assert board["jobs"] == {"total": 8, "finished": 7} and board["random_method"] == "random"
+    ipc1, ipc10 = board["groups"]
+    (diff,) = ipc1["paired"]["methods"]
+    assert diff["differences"]["clean"] == {"mean": 2.5, "se": 0.5, "ahead": 2, "n": 2}
+    assert ipc1["over_random"]["methods"][0]["differences"]["Linf 8/255"]["mean"] == 2.5
+    assert ipc10["paired"]["methods"][0]["seeds"] == [0]
+    assert ipc10["methods"][1]["worst"]["Linf 8/255"] == {"mean": 42.0, "std": 0.0, "n": 1}
+    assert write_plots(tmp_path, board) == ["synthetic_robust_vs_eps.png", "synthetic_robust_vs_ipc.png",
+                                            "synthetic_robust_vs_seconds.png"]
