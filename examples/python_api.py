@@ -2,7 +2,8 @@
 
 CPU-sized: every size is set small in the config dict below (width-32 ConvNet, 10 iterations of
 (outer 5, inner 5) matching loops with 32 real images per class, 2 evaluation models of 100 epochs,
-FGSM and PGD-10 at two radii), so it finishes in a few minutes on 2 CPU cores. DC's defaults (width
+FGSM and PGD-10 at two radii): 6 min 43 s on 2 CPU cores that another job was sharing
+(`/usr/bin/time python examples/python_api.py`). DC's defaults (width
 128, 1000 iterations of (10, 50), batch_real 256) are a GPU job: see README, "Usage".
 
 By default it runs on the generated ``synthetic`` dataset, which needs no files; DATASET=fashion-mnist

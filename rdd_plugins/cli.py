@@ -59,7 +59,8 @@ class _Parser(argparse.ArgumentParser):
     """Bad flags get the same one line as every other bad input (``rdd --help`` has the usage)."""
 
     def error(self, message: str):
-        self.exit(2, f"rdd: error: {self.prog}: {message}\n")
+        command = self.prog.removeprefix("rdd").strip()
+        self.exit(2, f"rdd: error: {command + ': ' if command else ''}{message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

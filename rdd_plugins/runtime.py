@@ -205,9 +205,17 @@ def scoped_numerics(function):
     def run_with_numerics_restored(*args, **kwargs):
         before = Numerics.current()
         try:
-            return function(*args, **kwargs)
-        finally:
-            before.restore()
+            result = function(*args, **kwargs)
+        except BaseException:
+            # A Ctrl-C can land inside torch's first, lazy import of what these settings need;
+            # restoring then re-enters that half-done import: the interrupt, not that, is the news.
+            try:
+                before.restore()
+            except Exception:
+                pass
+            raise
+        before.restore()
+        return result
     return run_with_numerics_restored
 
 

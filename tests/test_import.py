@@ -320,3 +320,15 @@ def test_cli_import_writes_a_set_and_reports_errors_in_one_line(tmp_path, capsys
                  "--set", "data.params.num_classes=3", "--set", "data.params.image_size=8",
                  "--out", str(tmp_path / "npz")]) == 0
     assert torch.allclose(load_distilled(tmp_path / "npz").images, images, atol=1e-5)
+
+
+def test_float_images_on_the_0_255_scale_are_refused(tmp_path):
+    import numpy as np
+
+    images = np.random.default_rng(0).random((6, 1, 8, 8)).astype(np.float32) * 255
+    np.savez(tmp_path / "scaled.npz", images=images, labels=np.array([0, 1, 2] * 2))
+    with pytest.raises(RddError, match="0-255 scale"):
+        rdd_plugins.import_set(tmp_path / "scaled.npz", format="tensors", dataset="synthetic",
+                               dataset_params={"num_classes": 3, "image_size": 8, "per_class": 12},
+                               out=tmp_path / "set")
+    assert not (tmp_path / "set").exists()

@@ -191,3 +191,19 @@ def test_a_rerun_evaluation_says_which_seeds_it_reused(tmp_path, make_config, ca
 def test_version_names_the_package_and_torch():
     proc = subprocess.run([RDD, "--version"], capture_output=True, text=True, check=True)
     assert proc.stdout.startswith(f"rdd-plugins {rdd_plugins.__version__}") and f"torch {metadata.version('torch')}" in proc.stdout
+
+
+def test_evaluations_written_inside_the_run_go_with_its_set_and_user_files_stop_a_replacement(
+        finished, make_config):
+    settings = {"evaluate": {"seeds": 1, "epochs": 2, "n_test": 20}}
+    rdd_plugins.evaluate(finished, out=finished / "attacks", progress=False, overrides=settings)
+    (finished / "evaluation" / "mynotes.md").write_text("mine")
+    with pytest.raises(RddError, match=r"not a run's \(evaluation/mynotes.md\)"):
+        rdd_plugins.distill(make_config(iterations=2), out=finished, progress=False, overwrite=True)
+    with pytest.raises(RddError, match=r"evaluation/mynotes.md"):
+        rdd_plugins.distill(out=finished, resume=True, progress=False, overrides={"distill": {"iterations": 3}})
+    assert (finished / "evaluation" / "mynotes.md").read_text() == "mine" and (finished / "attacks").is_dir()
+
+    (finished / "evaluation" / "mynotes.md").unlink()
+    rdd_plugins.distill(out=finished, resume=True, progress=False, overrides={"distill": {"iterations": 3}})
+    assert not (finished / "attacks").exists() and not (finished / "evaluation").exists()

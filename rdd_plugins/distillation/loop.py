@@ -22,7 +22,7 @@ from ..errors import RddError
 from ..lifecycle import notify
 from ..progress import bar
 from ..registry import Registry
-from ..run.folder import CONFIG_FILE, HISTORY_FILE, StagedRun, check_writable
+from ..run.folder import CONFIG_FILE, HISTORY_FILE, StagedRun, check_no_foreign_files, check_writable, derived_folders
 from ..run.interrupt import stop_between_steps
 from ..run.parts import check_backbone, load_split, model_factory
 from ..runtime import Runtime, device_clock, prepare_runtime, scoped_numerics
@@ -30,8 +30,6 @@ from ..storage import DistilledSet, atomic_write_text, load_distilled, save_dist
 from ..versions import package_versions
 from .contract import DistillContext, DistillStep
 
-# What a later command derived from a folder's set; it describes a set that a new one replaces.
-DERIVED = ("evaluation", "benchmark")
 
 
 @dataclass
@@ -101,6 +99,8 @@ class RunOutput:
             raise RddError("resume needs the run folder")
         self.staged = StagedRun(out, overwrite=overwrite) if out and not resume else None
         self.folder = check_writable(out, "run folder") if resume else None
+        if self.folder is not None:  # the resumed set replaces the one its evaluations describe
+            check_no_foreign_files(self.folder, out, "resuming (it replaces the evaluated set)")
         self.fingerprint = ""
         self.device = device  # recorded in checkpoints: a resume on another device type says so
 
@@ -272,11 +272,11 @@ def package(run: Progress, distiller, context: DistillContext, config: RunConfig
 
 
 def save_run(folder: Path, result: DistilledSet, history: list) -> None:
-    """The set, its meta and history; what was derived from the folder's previous set goes."""
-    for name in DERIVED:
-        if (folder / name).exists():
-            shutil.rmtree(folder / name)
-            print(f"rdd: removed {folder / name} (it described the set this run replaced)", file=sys.stderr)
+    """The set, its meta and history; what rdd derived from the folder's previous set goes (a
+    resume checked at its start that those folders hold nothing else)."""
+    for derived in derived_folders(folder):
+        shutil.rmtree(derived)
+        print(f"rdd: removed {derived} (it described the set this run replaced)", file=sys.stderr)
     save_distilled(folder, result.images, result.labels, result.meta, result.soft_labels, result.crop_boxes)
     write_json(folder / HISTORY_FILE, {"history": history})
 

@@ -18,6 +18,11 @@ from .conversions import class_indices, float_images
 from .provenance import source_digests
 
 
+# Unclipped sets legitimately leave [0, 1] (DC's Fashion-MNIST sets span about -0.85..2.25); a value
+# beyond this is a set stored on the 0-255 scale, which would be evaluated as garbage without a word.
+PIXEL_SCALE_LIMIT = 4.0
+
+
 def import_set(registry: Registry, src: str | Path, *, format: str, dataset: str, out: str | Path,
                dataset_params: dict | None = None, data_root: str | None = None, clip: bool = False,
                overwrite: bool = False, **options) -> DistilledSet:
@@ -84,7 +89,7 @@ def _staged_output(out: str | Path, source: Path, overwrite: bool) -> StagedRun:
         raise RddError(f"--out {out} is inside SRC {source}; write the set elsewhere")
     recover_interrupted_swap(target.resolve())
     if holds_run(target) and not overwrite:
-        raise RddError(f"{out} already holds a distilled set; pass --overwrite (overwrite=True) to replace it "
+        raise RddError(f"{out} already holds a distilled set; pass --overwrite to replace it "
                        f"and what was derived from it")
     return StagedRun(target, overwrite=True)
 
@@ -127,6 +132,9 @@ def _fitted(read: ReadSet, dataset: dict, what: str) -> tuple[torch.Tensor, torc
                        f"is --dataset right?")
     if not torch.isfinite(images).all():
         raise RddError(f"{what}: images contain NaN or inf")
+    if float(images.abs().max()) > PIXEL_SCALE_LIMIT:
+        raise RddError(f"{what}: pixel values reach {float(images.abs().max()):.4g}, which looks like a 0-255 "
+                       f"scale; float images must be in pixel units of [0, 1] (divide by 255, or save uint8)")
     return images.contiguous(), labels, None if soft is None else soft.float().contiguous(), notes
 
 

@@ -21,8 +21,46 @@ IMAGES_FILE = "images.safetensors"
 META_FILE = "meta.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 HISTORY_FILE = "history.json"
-# Everything a run folder may hold: its own files, and what later commands derive from its set.
-RUN_ENTRIES = {CONFIG_FILE, IMAGES_FILE, META_FILE, CHECKPOINT_FILE, HISTORY_FILE, "evaluation", "benchmark"}
+RUN_FILES = {CONFIG_FILE, IMAGES_FILE, META_FILE, CHECKPOINT_FILE, HISTORY_FILE}
+# What `rdd evaluate` / `rdd benchmark` write from a folder's set, into evaluation/, benchmark/ or an
+# --out inside the run folder: they describe that set, and go when it is replaced.
+DERIVED_NAMES = ("evaluation", "benchmark")
+DERIVED_MARKERS = ("results.json", "benchmark.json")
+DERIVED_FILES = {"results.json", "report.md", "config.toml", "benchmark.json"}
+DERIVED_DIRS = {"seeds", "model_info"}
+
+
+def derived_folders(folder: Path) -> list[Path]:
+    """The sub-folders of a run folder that rdd's evaluations and benchmarks of its set wrote."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and (
+        p.name in DERIVED_NAMES or any(p.rglob(marker) for marker in DERIVED_MARKERS)))
+
+
+def _written_by_rdd(path: Path, root: Path) -> bool:
+    inner = path.relative_to(root).parts
+    return path.name in DERIVED_FILES or path.suffix == ".png" or bool(DERIVED_DIRS & set(inner[:-1]))
+
+
+def foreign_files(folder: Path) -> list[str]:
+    """Files in a run folder that no rdd command wrote. They are never deleted: their presence
+    stops anything that would replace the run."""
+    if not folder.is_dir():
+        return []
+    derived = derived_folders(folder)
+    foreign = [p.name for p in folder.iterdir() if p.name not in RUN_FILES and p not in derived]
+    for root in derived:
+        foreign += [str(p.relative_to(folder)) for p in root.rglob("*")
+                    if p.is_file() and not _written_by_rdd(p, root)]
+    return sorted(foreign)
+
+
+def check_no_foreign_files(folder: Path, shown: str | Path, action: str) -> None:
+    stray = foreign_files(folder)
+    if stray:
+        raise RddError(f"{shown} holds files that are not a run's ({', '.join(stray[:5])}); move them "
+                       f"elsewhere before {action}, or choose another folder")
 
 
 def check_writable(folder: str | Path, what: str = "output folder") -> Path:
@@ -89,13 +127,10 @@ class StagedRun:
         shown, self.target = self.target, self.target.resolve()  # a swap renames: work on the real path
         recover_interrupted_swap(self.target)
         if self.target.is_dir():
-            stray = sorted(p.name for p in self.target.iterdir() if p.name not in RUN_ENTRIES)
-            if stray:
-                raise RddError(f"{shown} holds files that are not a run's ({', '.join(stray[:5])}); "
-                               f"choose an empty or new folder for --out")
+            check_no_foreign_files(self.target, shown, "writing a run there")
             if holds_run(self.target) and not overwrite:
                 raise RddError(f"{shown} already holds {_describe(self.target)}; pass --overwrite "
-                               f"(overwrite=True) to replace it, or --resume {shown} to continue it")
+                               f"to replace it, or --resume {shown} to continue it")
         self.path = _staging(self.target)
         self.published = False
 

@@ -43,7 +43,7 @@ def _flags(board: dict) -> list[str]:
     if not board["flags"]:
         return ["## Protocol checks", "", "No evaluated row trips a check.", ""]
     lines = ["## Protocol checks", "",
-             "Rows that trip a gradient-masking or protocol check (rdd_plugins/study/checks.py); "
+             "Rows that trip a gradient-masking or protocol check (rdd_plugins/studies/checks.py); "
              "look at them before trusting their numbers.", ""]
     for f in board["flags"]:
         lines += [f"- {f['dataset']} IPC {f['ipc']} {f['method']} seed {f['seed']} [{f['backbone']}]: {flag}"
