@@ -67,8 +67,8 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
     started = time.perf_counter()
     if resume:
         run = resume_run(output.where, device, resolved, iterations)
-        if run is None:  # finished at this budget already: its set, and what was derived from it, stay
-            return load_distilled(output.where)
+        if isinstance(run, DistilledSet):  # finished at this budget: its set, and what was derived, stay
+            return run
     else:
         run = Progress(distiller.init(context), 0, [])
     output.open(resolved)
@@ -166,24 +166,29 @@ def iteration_budget(distiller, config: RunConfig) -> int:
     return config.distill.iterations
 
 
-def resume_run(folder: Path, device: torch.device, resolved: dict, iterations: int) -> Progress | None:
-    """The run as its last checkpoint left it, random streams restored; None when it is finished
-    at this budget."""
+def resume_run(folder: Path, device: torch.device, resolved: dict,
+               iterations: int) -> Progress | DistilledSet:
+    """The run as its last checkpoint left it, random streams restored; its saved set instead when
+    it is finished at this budget."""
     completed, state, history, rng = load_checkpoint(folder, device, resolved)
     if completed > iterations:
         raise RddError(f"{folder} is at iteration {completed}; --iterations {iterations} cannot shorten it")
-    if completed == iterations and _finished(folder, iterations):
-        return None
+    finished = _finished_set(folder, iterations) if completed == iterations else None
+    if finished is not None:
+        return finished
     restore_rng(rng)
     return Progress(state, completed, history, saved=completed)
 
 
-def _finished(folder: Path, iterations: int) -> bool:
+def _finished_set(folder: Path, iterations: int) -> DistilledSet | None:
+    """The folder's set when its run finished at ``iterations``; None when unreadable (the resume
+    then writes it again) or unfinished."""
     try:
-        meta = load_distilled(folder).meta
+        distilled = load_distilled(folder)
     except RddError:
-        return False
-    return meta.get("completed_iterations") == iterations and not meta.get("interrupted")
+        return None
+    meta = distilled.meta
+    return distilled if meta.get("completed_iterations") == iterations and not meta.get("interrupted") else None
 
 
 def check_parts(config: RunConfig, registry: Registry) -> None:

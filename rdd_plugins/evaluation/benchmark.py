@@ -54,8 +54,9 @@ def run_benchmark(distilled: DistilledSet, config: RunConfig, registry: Registry
     if test is not None:
         check_set_fits(distilled, test)
     make_model = model_factory(registry, backbone, backbone_params, test or DatasetShape(distilled), device)
-    if unfinished(distilled):
-        print(f"rdd: warning: the set is unfinished ({unfinished(distilled)})", file=sys.stderr)
+    note = unfinished(distilled)
+    if note:
+        print(f"rdd: warning: the set is unfinished ({note})", file=sys.stderr)
 
     # -- train one model, then attack it with the protocol's AutoAttack ---------------------------
     torch.manual_seed(config.seed)
@@ -82,7 +83,7 @@ def run_benchmark(distilled: DistilledSet, config: RunConfig, registry: Registry
                          footnote=f"trained {config.evaluate.epochs} epochs on {distilled.images.shape[0]} "
                                   f"distilled images ({set_label(distilled)})")
     result = {**result, "eps_text": info["eps"], "backbone": backbone, "seed": config.seed, "label": label,
-              "unfinished": unfinished(distilled)}
+              "unfinished": note}
     if out is not None:
         result["model_info_path"] = str(save_benchmark(out, config, label, info, result))
     return result

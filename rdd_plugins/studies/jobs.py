@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import RddError
+from ..run.folder import CHECKPOINT_FILE, CONFIG_FILE, IMAGES_FILE, META_FILE
 from .grid import Job
 
 KEY_CHARS = 12  # of the SHA-256 in a folder name: collisions need ~16M configs in one study
@@ -84,10 +85,10 @@ def _saved_config(path: Path) -> dict | None:
 def finished_set_meta(folder: Path, config: RunConfig) -> dict | None:
     """meta.json of a finished set made with ``config`` (its evaluate section aside), else None."""
     try:
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = json.loads((folder / META_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(meta, dict) or meta.get("interrupted") or not (folder / "images.safetensors").is_file():
+    if not isinstance(meta, dict) or meta.get("interrupted") or not (folder / IMAGES_FILE).is_file():
         return None
     made_with = {k: v for k, v in (meta.get("config") or {}).items() if k != "evaluate"}
     return meta if json.dumps(made_with, sort_keys=True) == json.dumps(set_part(config), sort_keys=True) else None
@@ -95,8 +96,8 @@ def finished_set_meta(folder: Path, config: RunConfig) -> dict | None:
 
 def resumable(folder: Path, config: RunConfig) -> bool:
     """A checkpoint there, of a run whose config.toml is this job's (its evaluate section aside)."""
-    saved = _saved_config(folder / "config.toml")
-    return (folder / "checkpoint.safetensors").is_file() and saved is not None and \
+    saved = _saved_config(folder / CONFIG_FILE)
+    return (folder / CHECKPOINT_FILE).is_file() and saved is not None and \
         {k: v for k, v in saved.items() if k != "evaluate"} == set_part(config)
 
 
@@ -104,7 +105,7 @@ def finished_results(folder: Path, config: RunConfig) -> list[dict] | None:
     """The rows of an evaluation written for exactly ``config``, else None."""
     from ..evaluation.report import load_results
 
-    if not (folder / "results.json").is_file() or _saved_config(folder / "config.toml") != config.to_dict():
+    if not (folder / "results.json").is_file() or _saved_config(folder / CONFIG_FILE) != config.to_dict():
         return None
     try:
         return load_results(folder / "results.json")
