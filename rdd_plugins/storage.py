@@ -37,6 +37,11 @@ class DistilledSet:
         return self.meta["dataset"]
 
 
+def temporary_prefix(name: str) -> str:
+    """How the temporary file of an atomic write of ``name`` begins (a kill can leave one behind)."""
+    return f".{name}."
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """``write(tmp)`` into a temporary file beside ``path``, then rename it over ``path``: an
     interrupted run never leaves a half-written file. The data are flushed to disk before the
@@ -44,7 +49,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     checkpoint was (a rename can reach the disk before the data it names)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path.name))
     os.close(fd)
     try:
         write(tmp)

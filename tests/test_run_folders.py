@@ -207,3 +207,14 @@ def test_evaluations_written_inside_the_run_go_with_its_set_and_user_files_stop_
     (finished / "evaluation" / "mynotes.md").unlink()
     rdd_plugins.distill(out=finished, resume=True, progress=False, overrides={"distill": {"iterations": 3}})
     assert not (finished / "attacks").exists() and not (finished / "evaluation").exists()
+
+
+def test_temporary_files_of_a_killed_write_do_not_stop_a_resume(tmp_path, make_config):
+    """SIGKILL during an atomic write leaves its temporary file; it is rdd's, not the user's."""
+    run = tmp_path / "run"
+    rdd_plugins.distill(make_config(iterations=2, checkpoint_every=1), out=run, progress=False)
+    (run / ".checkpoint.safetensors.k1ll3d").write_bytes(b"half")
+    (run / "evaluation").mkdir()
+    (run / "evaluation" / ".results.json.k1ll3d").write_text("{")
+    extended = rdd_plugins.distill(out=run, resume=True, progress=False, overrides={"distill": {"iterations": 3}})
+    assert extended.meta["completed_iterations"] == 3

@@ -14,12 +14,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..checkpoint import CHECKPOINT_FILE
 from ..errors import RddError
+from ..storage import IMAGES_FILE, META_FILE, temporary_prefix
 
 CONFIG_FILE = "config.toml"
-IMAGES_FILE = "images.safetensors"
-META_FILE = "meta.json"
-CHECKPOINT_FILE = "checkpoint.safetensors"
 HISTORY_FILE = "history.json"
 RUN_FILES = {CONFIG_FILE, IMAGES_FILE, META_FILE, CHECKPOINT_FILE, HISTORY_FILE}
 # What `rdd evaluate` / `rdd benchmark` write from a folder's set, into evaluation/, benchmark/ or an
@@ -38,9 +37,14 @@ def derived_folders(folder: Path) -> list[Path]:
         p.name in DERIVED_NAMES or any(p.rglob(marker) for marker in DERIVED_MARKERS)))
 
 
+def _left_by_a_killed_write(name: str, finals) -> bool:
+    return any(name.startswith(temporary_prefix(final)) for final in finals)
+
+
 def _written_by_rdd(path: Path, root: Path) -> bool:
     inner = path.relative_to(root).parts
-    return path.name in DERIVED_FILES or path.suffix == ".png" or bool(DERIVED_DIRS & set(inner[:-1]))
+    return path.name in DERIVED_FILES or path.suffix == ".png" or bool(DERIVED_DIRS & set(inner[:-1])) \
+        or _left_by_a_killed_write(path.name, DERIVED_FILES) or path.name.startswith(".") and ".png." in path.name
 
 
 def foreign_files(folder: Path) -> list[str]:
@@ -49,7 +53,8 @@ def foreign_files(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
     derived = derived_folders(folder)
-    foreign = [p.name for p in folder.iterdir() if p.name not in RUN_FILES and p not in derived]
+    foreign = [p.name for p in folder.iterdir()
+               if p.name not in RUN_FILES and p not in derived and not _left_by_a_killed_write(p.name, RUN_FILES)]
     for root in derived:
         foreign += [str(p.relative_to(folder)) for p in root.rglob("*")
                     if p.is_file() and not _written_by_rdd(p, root)]
