@@ -112,7 +112,7 @@ def dc_code_row(dc_repo: str, net, setting: dict, device, real_x, real_y, syn, s
         return loss
 
     none = rdd_plugins.get_registry().create("regularizers", "none")
-    ours = matching_loss(none, loss_fn, theta, real_x, real_y, syn, syn_y, False).item()
+    ours = matching_loss(none, loss_fn, theta, real_x, real_y, syn, syn_y, False).sum().item()
     theirs = dc_loss().item()
 
     def step():
@@ -155,7 +155,7 @@ def measure(row: str, setting: str, device_name: str, repeats: int, dc_repo: str
         batched = use_vmap("auto", device)
 
         def step():
-            loss = matching_loss(reg, loss_fn, theta, real_x, real_y, syn, syn_y, batched)
+            loss = matching_loss(reg, loss_fn, theta, real_x, real_y, syn, syn_y, batched).sum()
             torch.autograd.grad(loss, syn)
 
     def sync():

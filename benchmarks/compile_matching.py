@@ -79,7 +79,7 @@ def main() -> None:
 
     def eager_step(loss_fn=loss_fn, params=params, real_x=real_x, syn=syn):
         images = syn.clone().requires_grad_(True)
-        loss = matching_loss(none, loss_fn, params, real_x, real_y, images, syn_y, False)
+        loss = matching_loss(none, loss_fn, params, real_x, real_y, images, syn_y, False).sum()
         (g,) = torch.autograd.grad(loss, images)
         return loss, g
 

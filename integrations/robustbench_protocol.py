@@ -9,6 +9,12 @@
 * :func:`model_info` writes an entry in RobustBench's ``model_info/<dataset>/<threat>/<name>.json``
   format.
 
+Both paths run AutoAttack's cascade chunk by chunk (:func:`run_in_chunks`): the n points in fixed
+chunks of ``batch_size``, chunk i's random restarts seeded by the work key ``(seed, "autoattack",
+threat model, eps, i)``, so a chunk's result depends on its points and its key only. On several
+ranks (torchrun) the chunks are dealt round-robin and the adversarial images put back together
+bit for bit: every rank then measures the accuracies one process measures.
+
 RobustBench and torch are imported inside the functions, so importing this module is cheap.
 """
 
@@ -20,9 +26,14 @@ import sys
 import warnings
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from rdd_plugins.errors import RddError
 from rdd_plugins.evaluation.suites import THREAT_MODELS
 from rdd_plugins.progress import bar, progress_wanted
+
+if TYPE_CHECKING:
+    from rdd_plugins.distributed.world import World
 
 ROBUSTBENCH_FIX = "pip install --force-reinstall --no-deps robustbench==1.1.1"
 PROTOCOL = "robustbench.eval.benchmark (AutoAttack standard, first n test points in order)"
@@ -142,14 +153,16 @@ class _CascadeProgress:
 
     The cascade is a single call into pyautoattack; the only seam inside it is each attack's
     ``perturb``, called once per batch, which is wrapped to count the batch after it returns. The
-    attacks get the same inputs and draw the same random numbers, so no result changes.
+    attacks get the same inputs and draw the same random numbers, so no result changes. The cascade
+    runs once per chunk (:func:`run_in_chunks`): an attack's bar stays open from its first chunk to
+    the end and counts its points over all of them.
     """
 
     _COMPONENTS = ("apgd", "apgd_targeted", "fab", "square")
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self._bar, self._running = None, None
+        self._bars: dict = {}
 
     def watch(self, adversary):
         """``adversary`` with its attacks counted (the wrappers live on this instance only)."""
@@ -161,26 +174,24 @@ class _CascadeProgress:
     def _counted(self, adversary, attribute: str, component, perturb):
         @functools.wraps(perturb)
         def counted(x, *args, **kwargs):
-            self._show(adversary, _run_name(attribute, component))
+            shown = self._show(adversary, _run_name(attribute, component))
             adv = perturb(x, *args, **kwargs)
-            self._bar.update(len(x))
+            shown.update(len(x))
             return adv
         return counted
 
-    def _show(self, adversary, attack: str) -> None:
-        if attack == self._running:
-            return
-        self.close()
-        order = list(adversary.attacks_to_run)
-        position = f"{order.index(attack) + 1}/{len(order)} " if attack in order else ""
-        # No total: an attack runs on the points the previous ones left, known only inside the cascade.
-        self._bar = bar(desc=f"AutoAttack {position}{attack}", unit="point", enabled=self.enabled)
-        self._running = attack
+    def _show(self, adversary, attack: str):
+        if attack not in self._bars:
+            order = list(adversary.attacks_to_run)
+            position = f"{order.index(attack) + 1}/{len(order)} " if attack in order else ""
+            # No total: an attack runs on the points the previous ones left, known only inside the cascade.
+            self._bars[attack] = bar(desc=f"AutoAttack {position}{attack}", unit="point", enabled=self.enabled)
+        return self._bars[attack]
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        self._bar, self._running = None, None
+        for shown in self._bars.values():
+            shown.close()
+        self._bars = {}
 
 
 @contextlib.contextmanager
@@ -193,16 +204,27 @@ def _cascade_progress(enabled: bool):
 
 
 @contextlib.contextmanager
-def _watched_autoattack(rb_eval, seed: int | None, progress: _CascadeProgress):
+def _watched_autoattack(rb_eval, seed: int | None, progress: _CascadeProgress, *, threat_model: str,
+                        eps: float, device, world: World):
     """Around ``benchmark``: it builds AutoAttack without a seed, and PyPI's AutoAttack then seeds
     its random restarts from the clock; with ``seed`` the same model gives the same numbers. The
-    AutoAttack it builds also gets ``progress``'s bars."""
+    AutoAttack it builds also gets ``progress``'s bars, and runs its cascade chunk by chunk, this
+    rank's chunks only (:func:`run_in_chunks`)."""
     original = rb_eval.AutoAttack
 
     def build(*args, **kwargs):
         if seed is not None:
             kwargs = {"seed": seed, **kwargs}
-        return progress.watch(original(*args, **kwargs))
+        adversary = progress.watch(original(*args, **kwargs))
+
+        def chunked(x_orig, y_orig, bs=250, return_labels=False, state_path=None):
+            if return_labels or state_path is not None:
+                raise RddError("rdd benchmark runs AutoAttack chunk by chunk: without return_labels or a state_path")
+            return run_in_chunks(adversary, x_orig, y_orig, batch_size=bs, seed=seed, threat_model=threat_model,
+                                 eps=eps, device=device, world=world)
+
+        adversary.run_standard_evaluation = chunked
+        return adversary
 
     rb_eval.AutoAttack = build
     try:
@@ -211,9 +233,57 @@ def _watched_autoattack(rb_eval, seed: int | None, progress: _CascadeProgress):
         rb_eval.AutoAttack = original
 
 
+def chunk_seed(seed: int | None, threat_model: str, eps: float, index: int) -> int | None:
+    """The seed of AutoAttack's random restarts on chunk ``index`` (None: the clock's, as PyPI's)."""
+    from rdd_plugins.randomness import work_seed
+
+    return None if seed is None else work_seed(seed, "autoattack", threat_model, format_eps(eps), index)
+
+
+def run_in_chunks(adversary, images, labels, *, batch_size: int, seed: int | None, threat_model: str,
+                  eps: float, device="cpu", world: World | None = None):
+    """``x_adv`` of ``adversary``'s cascade (its class's ``run_standard_evaluation``) on ``images``,
+    run on fixed chunks of ``batch_size`` points in order, chunk i with its restarts seeded by
+    :func:`chunk_seed`.
+
+    A chunk is one of AutoAttack's own batches, so every attack of the cascade sees the chunk's
+    points that survived the ones before it, as AutoAttack does; what changes from one whole run is
+    only which points share a batch of a later attack. On several ranks each rank runs the chunks
+    dealt to it and every rank returns the whole ``x_adv``: the chunks are put together as integer
+    bit patterns on ``device`` (one all-reduce of the owner's values and zeros), so they arrive bit
+    for bit.
+    """
+    import torch
+
+    from rdd_plugins.distributed.work import dealt_to, fail_together, merge_disjoint
+    from rdd_plugins.distributed.world import current_world
+    from rdd_plugins.randomness import seeded
+
+    world = world or current_world()
+    run = type(adversary).run_standard_evaluation  # the cascade itself, whatever wraps the instance's
+    n = len(images)
+    x_adv = torch.zeros_like(images)
+    with fail_together(world):  # a chunk failing on one rank stops every rank, before the merge
+        for index in dealt_to(-(-n // batch_size), world):
+            part = slice(index * batch_size, (index + 1) * batch_size)
+            adversary.seed = chunk_seed(seed, threat_model, eps, index)
+            # AutoAttack reseeds torch's global generators before each attack; as they were afterwards
+            with seeded(0 if seed is None else seed, "autoattack", threat_model, format_eps(eps), index,
+                        device=device):
+                x_adv[part] = run(adversary, images[part], labels[part], bs=batch_size).to(x_adv.device)
+    if not world.distributed:
+        return x_adv
+    if x_adv.element_size() not in (4, 8):
+        raise RddError(f"AutoAttack returned {x_adv.dtype} images; expected float32 or float64")
+    bits = x_adv.to(device).contiguous().view(torch.int32 if x_adv.element_size() == 4 else torch.int64)
+    merge_disjoint(bits, world)
+    return bits.view(x_adv.dtype).to(images.device)
+
+
 def run_robustbench(model, *, dataset: str, threat_model: str, eps: float | None = None,
                     n_examples: int = 10000, data_dir: str = "./data", device: str = "cpu",
-                    batch_size: int = 500, seed: int | None = 0, progress: bool = True) -> dict:
+                    batch_size: int = 500, seed: int | None = 0, progress: bool = True,
+                    world: World | None = None) -> dict:
     """RobustBench's ``benchmark()`` on ``model`` (images in [0, 1] in, logits out).
 
     ``eps=None`` takes the leaderboard eps (:data:`LEADERBOARD_EPS`). Returns ``clean_acc`` and
@@ -223,9 +293,22 @@ def run_robustbench(model, *, dataset: str, threat_model: str, eps: float | None
     accuracy lines to stdout; they are sent to stderr here, so that stdout carries only our own
     one-line result. ``progress``: a line on stderr saying what runs, then a bar per AutoAttack
     attack (also off with RDD_NO_PROGRESS=1).
+
+    The leaderboard's code path stays whole: ``benchmark`` loads the data, measures clean accuracy,
+    builds AutoAttack and measures the accuracy on what the attack returns. Only the attack runs
+    chunk by chunk (:func:`run_in_chunks`, through the AutoAttack it builds). On several ranks
+    (``world``, torchrun's by default) every rank calls ``benchmark`` on the same model: each loads
+    the first ``n_examples`` points and measures clean accuracy on all of them (cheap), runs the
+    attack on its chunks and receives the others' adversarial images, so that ``benchmark`` measures
+    the same accuracies on every rank. Rank 0 alone prints and shows bars.
     """
+    import io
+
     import torch
 
+    from rdd_plugins.distributed.world import current_world
+
+    world = world or current_world()
     if dataset not in ROBUSTBENCH_DATASETS:
         raise RddError(f"robustbench benchmarks {', '.join(ROBUSTBENCH_DATASETS)} only, not {dataset!r}; "
                        f"other datasets use the same protocol through run_autoattack_direct")
@@ -237,12 +320,15 @@ def run_robustbench(model, *, dataset: str, threat_model: str, eps: float | None
     import robustbench.eval as rb_eval
 
     model = model.eval()
+    progress = progress and world.is_main
     if progress_wanted(progress):
         # benchmark() loads the data and measures clean accuracy before any attack shows a bar
         print(f"robustbench benchmark: clean accuracy, then AutoAttack standard ({threat_model}, eps "
               f"{format_eps(eps)}) on the first {n_examples} {dataset} test points", file=sys.stderr)
+    said = sys.stderr if world.is_main else io.StringIO()  # benchmark's own lines, once
     with _guarded_loader(rb_eval, dataset, data_dir), _cascade_progress(progress) as bars, \
-            _watched_autoattack(rb_eval, seed, bars), contextlib.redirect_stdout(sys.stderr):
+            _watched_autoattack(rb_eval, seed, bars, threat_model=threat_model, eps=eps,
+                                device=torch.device(device), world=world), contextlib.redirect_stdout(said):
         clean_acc, robust_acc = benchmark(model, n_examples=n_examples, dataset=dataset,
                                           threat_model=threat_model, eps=eps, data_dir=data_dir,
                                           device=torch.device(device), batch_size=batch_size)
@@ -251,7 +337,7 @@ def run_robustbench(model, *, dataset: str, threat_model: str, eps: float | None
 
 def run_autoattack_direct(model, images, labels, *, threat_model: str, eps: float,
                           batch_size: int = 500, device: str = "cpu", seed: int | None = 0,
-                          dataset: str = "", progress: bool = True) -> dict:
+                          dataset: str = "", progress: bool = True, world: World | None = None) -> dict:
     """RobustBench's protocol for a dataset it does not know: AutoAttack standard on the given
     points (the caller passes the first n test points, in order).
 
@@ -262,9 +348,16 @@ def run_autoattack_direct(model, images, labels, *, threat_model: str, eps: floa
     random restarts reproducible (robustbench's ``benchmark`` passes none and would seed them from
     the clock; :func:`run_robustbench` passes ours).
     ``dataset`` is only copied into the result. ``progress``: a bar per AutoAttack attack.
+
+    AutoAttack runs chunk by chunk (:func:`run_in_chunks`); on several ranks (``world``, torchrun's
+    by default) each rank attacks the chunks dealt to it and every rank counts on the whole,
+    identical ``x_adv``, so it returns the result of one process. Bars on rank 0 only.
     """
     import torch
 
+    from rdd_plugins.distributed.world import current_world
+
+    world = world or current_world()
     _check_threat_model(threat_model)
     AutoAttack = _autoattack_class()  # the same AutoAttack benchmark() uses; robustbench itself is not needed
 
@@ -298,8 +391,9 @@ def run_autoattack_direct(model, images, labels, *, threat_model: str, eps: floa
     # Standard AutoAttack targets the 9 runner-up classes (CIFAR-10); with fewer classes, all of them.
     adversary.apgd_targeted.n_target_classes = min(9, num_classes - 1)
     adversary.fab.n_target_classes = min(9, num_classes - 1)
-    with _cascade_progress(progress) as bars:
-        x_adv = bars.watch(adversary).run_standard_evaluation(images, labels, bs=batch_size).cpu()
+    with _cascade_progress(progress and world.is_main) as bars:
+        x_adv = run_in_chunks(bars.watch(adversary), images, labels, batch_size=batch_size, seed=seed,
+                              threat_model=threat_model, eps=float(eps), device=dev, world=world).cpu()
     if not within_budget(images, x_adv, float(eps), threat_model).all():
         raise RddError(f"AutoAttack returned points outside the {threat_model} ball of radius {eps} or outside [0, 1]")
     robust = clean_correct & (predict(x_adv) == labels)

@@ -123,6 +123,15 @@ def load_checkpoint(folder: str | Path, device: torch.device,
     return iteration, state, history, rng
 
 
+def checkpoint_fingerprint(folder: str | Path) -> str | None:
+    """The fingerprint of the checkpoint in ``folder``; None when it has none, or none readable."""
+    try:
+        with safe_open(str(Path(folder) / CHECKPOINT_FILE), framework="pt") as f:
+            return json.loads((f.metadata() or {})["json"]).get("fingerprint")
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError):
+        return None
+
+
 def warn_if_device_type_differs(path: Path, written_on: str | None, resumed_on: str) -> None:
     """Each device type has its own generators and kernels: the run goes on, but not as it would have."""
     if written_on is not None and written_on != resumed_on:

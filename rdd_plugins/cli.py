@@ -244,7 +244,10 @@ def cmd_distill(args) -> int:
         result = distill(None if args.resume else args.config, out=out, progress=not args.no_progress,
                          overrides=over, resume=bool(args.resume), overwrite=args.overwrite)
     except KeyboardInterrupt:
-        _say_how_to_resume(Path(out))
+        from .distributed.world import current_world
+
+        if current_world().is_main:
+            _say_how_to_resume(Path(out))
         raise
     print(f"distilled {result.images.shape[0]} images -> {out}")
     return 0
@@ -360,8 +363,20 @@ def cmd_quickstart(args) -> int:
 
 def cmd_study(args) -> int:
     from .api import study
+    from .distributed.world import launched_size
+    from .studies.jobs import parse_shard
 
-    summary = study(args.study_file, out=args.out, shard=args.shard, progress=not args.no_progress)
+    index, count = parse_shard(args.shard)
+    # Under torchrun the jobs of this shard are dealt across the ranks, each job run whole by one
+    # rank (jobs are independent: no process group is needed, and none is joined).
+    rank, ranks = int(os.environ.get("RANK", "0")), launched_size()
+    if ranks > 1:
+        import torch
+
+        if torch.cuda.is_available():  # "cuda" is this process's own GPU, as in the other commands
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    summary = study(args.study_file, out=args.out, shard=(index + count * rank, count * ranks),
+                    progress=not args.no_progress and rank == 0)
     done = ", ".join(f"{how} {n}" for how, n in summary["done"].items()) or "no job in this shard"
     index, count = summary["shard"]
     shard = f" (shard {index}/{count}: {summary['shard_jobs']} of {summary['jobs']} jobs)" if count > 1 else ""
@@ -374,24 +389,68 @@ COMMANDS = {"plugins": cmd_plugins, "distill": cmd_distill, "evaluate": cmd_eval
             "benchmark": cmd_benchmark, "import": cmd_import, "quickstart": cmd_quickstart, "study": cmd_study}
 
 
+# Commands that run their work on torchrun's ranks when launched by it (docs/distributed.md).
+DISTRIBUTED_COMMANDS = ("distill", "evaluate", "benchmark", "quickstart")
+
+
+def _launch_device(args: argparse.Namespace) -> str:
+    """The device the command will use, to pick the ranks' backend before any config is resolved."""
+    if getattr(args, "device", None):
+        return args.device
+    path = getattr(args, "config", None) or (Path(args.resume) / "config.toml" if getattr(args, "resume", None) else None)
+    if path:
+        from .config import load_toml
+
+        try:
+            return str(load_toml(path).get("device", "auto"))
+        except (OSError, RddError):
+            pass  # the command itself reports a bad config, in its own words
+    return "auto"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.strict:
         os.environ["RDD_STRICT_PLUGINS"] = "1"
+    from .distributed.world import World, current_world, launched_size, start_world, stop_world
+
+    world = current_world()
+    joined = False  # whether this call joined the ranks' group, and so leaves it
     try:
+        if args.command in DISTRIBUTED_COMMANDS and launched_size() > 1:
+            joined = not world.distributed
+            world = start_world(_launch_device(args))
+        elif launched_size() > 1:
+            world = World(int(os.environ.get("RANK", "0")), launched_size())  # to speak once, as rank 0
+            if args.command != "study":
+                raise RddError(f"rdd {args.command} runs in one process; launch it without torchrun")
+        if not world.is_main:  # rank 0 speaks for all: its summary lines are every rank's
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of this rank
         return COMMANDS[args.command](args)
     except RddError as exc:
-        print(f"rdd: error: {exc}", file=sys.stderr)
+        _say(world, exc, f"rdd: error: {exc}")
         return 2
     except KeyboardInterrupt:
-        print("rdd: interrupted; finished parts were kept", file=sys.stderr)
+        _say(world, None, "rdd: interrupted; finished parts were kept")
         return 130
     except Exception as exc:  # e.g. a plugin rejecting a parameter value: still one line
         if os.environ.get("RDD_DEBUG"):
             raise
         text = " ".join(str(exc).split())
-        print(f"rdd: error: {type(exc).__name__}: {text} (RDD_DEBUG=1 shows the traceback)", file=sys.stderr)
+        _say(world, exc, f"rdd: error: {type(exc).__name__}: {text} (RDD_DEBUG=1 shows the traceback)")
         return 1
+    finally:
+        if joined:
+            stop_world()
+
+
+def _say(world, exc: BaseException | None, line: str) -> None:
+    """One line on stderr. On several ranks rank 0 says it; another rank only for an error that rank 0
+    has not been told of (one that struck it alone, mid-run), and then names itself."""
+    if world.is_main:
+        print(line, file=sys.stderr)
+    elif exc is not None and not getattr(exc, "shared_with_rank_0", False):
+        print(line.replace("rdd: ", f"rdd (rank {world.rank}/{world.size}): ", 1), file=sys.stderr)
 
 
 if __name__ == "__main__":

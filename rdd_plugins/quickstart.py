@@ -15,6 +15,8 @@ from pathlib import Path
 
 from .config import RunConfig, merge, resolve
 from .distillation.loop import run_distillation
+from .distributed.work import broadcast_from
+from .distributed.world import current_world
 from .errors import RddError
 from .evaluation.pipeline import attack_plan, backbone_specs, evaluate_set
 from .evaluation.report import plot_image_grid, write_report
@@ -106,6 +108,8 @@ def _resumable(folder: Path, config: RunConfig) -> bool:
 def run_quickstart(out: str | Path = "runs/quickstart", overrides: dict | None = None,
                    progress: bool = True) -> dict:
     out = check_writable(out, "quickstart folder")
+    world = current_world()  # on several ranks (torchrun) each method's work is shared; rank 0 writes
+    progress = progress and world.is_main
     registry = get_registry()
     configs = method_configs(overrides)
     first = next(iter(configs.values()))
@@ -118,11 +122,13 @@ def run_quickstart(out: str | Path = "runs/quickstart", overrides: dict | None =
     for label, cfg in configs.items():
         folder = out / "sets" / label.replace("+", "_")
         t0 = time.perf_counter()
-        distilled = _finished_set(folder, cfg)
-        reused = distilled is not None
+        # rank 0 decides from the folder, so every rank takes the same path
+        reused, resumable = broadcast_from((_finished_set(folder, cfg) is not None, _resumable(folder, cfg))
+                                           if world.is_main else None, world=world)
+        distilled = load_distilled(folder) if reused else None
         if distilled is None:  # the quickstart owns its sets' folders: a stale one is replaced
-            distilled = run_distillation(cfg, registry, folder, progress=progress,
-                                         resume=_resumable(folder, cfg), overwrite=True)
+            distilled = run_distillation(cfg, registry, folder, progress=progress, resume=resumable,
+                                         overwrite=True)
         t1 = time.perf_counter()
         rows = evaluate_set(distilled, cfg, registry, test=test, label=label, progress=progress,
                             seeds_dir=out / "seeds" / label.replace("+", "_"))
@@ -131,13 +137,16 @@ def run_quickstart(out: str | Path = "runs/quickstart", overrides: dict | None =
         timings[label] = {"distill_seconds": round(t1 - t0, 1), "evaluate_seconds": round(t2 - t1, 1),
                           "reused_distilled_set": reused}
         grid = out / f"images_{label.replace('+', '_')}.png"
-        plot_image_grid(distilled.images, distilled.labels, distilled.dataset["classes"], grid, label)
+        if world.is_main:
+            plot_image_grid(distilled.images, distilled.labels, distilled.dataset["classes"], grid, label)
         grids[label] = grid
     timing_md = "\n".join(
         ["## Time", "", "| set | distill (s) | evaluate (s) |", "|---|---|---|"]
         + [f"| {k} | {v['distill_seconds']}{' (reused)' if v['reused_distilled_set'] else ''} | "
            f"{v['evaluate_seconds']} |" for k, v in timings.items()]
     )
+    if not world.is_main:
+        return {"results": results, "timings": timings, "out": str(out)}
     write_report(out, results, {k: c.to_dict() for k, c in configs.items()},
                  title="rdd quickstart: random, gm, gm+curvature (GUARD), sre2l, sre2l+curvature (GUARD)",
                  grids=grids,

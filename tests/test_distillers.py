@@ -25,9 +25,9 @@ def test_dm_augments_as_dm_does_unless_told_not_to(make_config, monkeypatch):
     shapes = []
     per_class = SiameseAugment.per_class
 
-    def recording(self, real, syn, mean, std):
+    def recording(self, real, syn, mean, std, generators=None):
         shapes.append((tuple(real.shape), tuple(syn.shape)))
-        return per_class(self, real, syn, mean, std)
+        return per_class(self, real, syn, mean, std, generators)
 
     monkeypatch.setattr(SiameseAugment, "per_class", recording)
     augmented = rdd_plugins.distill(make_config(distiller="dm", params={"batch_real": 16}), progress=False)
@@ -172,23 +172,24 @@ def test_sre2l_crop_is_a_differentiable_seeded_resized_crop(make_config):
     from rdd_plugins.builtin.distillers.sre2l import random_resized_crop
 
     images = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8).div(128).requires_grad_(True)
-    torch.manual_seed(3)
-    outs = [random_resized_crop(images, 0.25) for _ in range(6)]
+    outs = [random_resized_crop(images, 0.25, torch.Generator().manual_seed(s)) for s in range(6)]
     assert all(o.shape == images.shape for o in outs)
     assert any(not torch.equal(o, images) for o in outs)  # the crops move pixels
     (g,) = torch.autograd.grad(sum(o.sum() for o in outs), images)
     assert torch.isfinite(g).all() and g.abs().sum() > 0
     torch.manual_seed(3)
-    assert torch.equal(random_resized_crop(images, 0.25), outs[0])  # seeded: a resumed run repeats it
-    full = random_resized_crop(images, 1.0).detach()  # scale 1: the whole image, maybe flipped
+    # from its generator only: the same crop whatever torch's global stream (a resumed run, another rank)
+    assert torch.equal(random_resized_crop(images, 0.25, torch.Generator().manual_seed(0)), outs[0])
+    # scale 1: the whole image, maybe flipped
+    full = random_resized_crop(images, 1.0, torch.Generator().manual_seed(1)).detach()
     assert torch.equal(full, images.detach()) or torch.equal(full, images.detach().flip(-1))
     with pytest.raises(rdd_plugins.RddError, match="crop_min_scale"):
         rdd_plugins.distill(make_config(distiller="sre2l", params={"crop_min_scale": 2.0}), progress=False)
 
 
 def _sre2l_context(make_config, regularizer="none"):
-    """A DistillContext-like object for calling sre2l's pieces directly."""
-    from types import SimpleNamespace
+    """A DistillContext for calling sre2l's pieces directly."""
+    from rdd_plugins.distillation.contract import DistillContext
 
     registry = rdd_plugins.get_registry()
     cfg = make_config()
@@ -199,8 +200,9 @@ def _sre2l_context(make_config, regularizer="none"):
         return registry.create("backbones", "convnet", 1, 4, 8, train.mean, train.std, width=8, depth=2,
                                norm="batch")
 
-    return SimpleNamespace(train=train, make_model=make_model, regularizer=registry.create("regularizers", regularizer),
-                           device=torch.device("cpu"), num_classes=4, ipc=2)
+    return DistillContext(train=train, ipc=2, iterations=3, make_model=make_model,
+                          regularizer=registry.create("regularizers", regularizer), device=torch.device("cpu"),
+                          progress=False)
 
 
 def test_sre2l_squeeze_is_ordinary_training_with_batch_statistics(make_config):
@@ -209,13 +211,11 @@ def test_sre2l_squeeze_is_ordinary_training_with_batch_statistics(make_config):
     context = _sre2l_context(make_config)
     distiller = rdd_plugins.get_registry().create("distillers", "sre2l", teacher_epochs=1, batch_size=32)
     ours = context.make_model()
-    torch.manual_seed(1)
     distiller._squeeze(ours, context)
 
     reference = context.make_model().train()
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    torch.manual_seed(1)
-    order = torch.randperm(context.train.images.shape[0])
+    order = torch.randperm(context.train.images.shape[0], generator=context.generator("squeeze", 0))
     for start in range(0, order.numel(), 32):
         idx = order[start:start + 32]
         optimizer.zero_grad()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import rdd_plugins
 from rdd_plugins.builtin.distillers import dsa
-from rdd_plugins.builtin.distillers.dsa import TRANSFORMS, SiameseAugment
+from rdd_plugins.builtin.distillers.dsa import SiameseAugment
 from rdd_plugins.builtin.distillers.subsets import herding_indices
 
 MEAN, STD = torch.tensor(0.5).view(1, 1, 1, 1), torch.tensor(0.25).view(1, 1, 1, 1)
@@ -55,28 +55,24 @@ def test_dsa_rotate_and_scale_are_dsas(shape):
     torch.testing.assert_close(aug._apply_scale(x, {"sx": sx, "sy": sy}), dsa_reference_resample(x, theta))
 
 
-def _counting_draws(monkeypatch):
-    sizes = []
-    for name in TRANSFORMS:
-        original = getattr(SiameseAugment, f"_draw_{name}")
-
-        def counted(self, n, ref, _original=original):
-            sizes.append(n)
-            return _original(self, n, ref)
-
-        monkeypatch.setattr(SiameseAugment, f"_draw_{name}", counted)
-    return sizes
-
-
-def test_dsa_draws_each_transform_once_for_all_classes(monkeypatch):
-    sizes = _counting_draws(monkeypatch)
-    torch.manual_seed(0)
-    classes = 24
+def test_a_class_draws_the_same_augmentation_alone_or_among_other_classes():
+    # What lets ranks share the classes out: class k's transform and parameters come from its own
+    # generator, so augmenting a block of classes gives each class what the whole set gives it.
+    classes = 12
     real, syn = torch.rand(classes, 5, 1, 8, 8), torch.rand(classes, 2, 1, 8, 8)
-    real_out, syn_out = SiameseAugment().per_class(real, syn, MEAN, STD)
-    assert real_out.shape == real.shape and syn_out.shape == syn.shape
-    # one draw per transform drawn, one parameter set per class: not one draw per class
-    assert len(sizes) <= len(TRANSFORMS) and sum(sizes) == classes
+
+    def generators(ks):
+        return [torch.Generator().manual_seed(1000 + k) for k in ks]
+
+    aug = SiameseAugment()
+    real_all, syn_all = aug.per_class(real, syn, MEAN, STD, generators(range(classes)))
+    for block in (range(0, 5), range(5, 12), range(7, 8)):
+        real_part, syn_part = aug.per_class(real[block.start:block.stop], syn[block.start:block.stop], MEAN, STD,
+                                            generators(block))
+        assert torch.equal(real_part, real_all[block.start:block.stop])
+        assert torch.equal(syn_part, syn_all[block.start:block.stop])
+    other_real, _ = aug.per_class(real, syn, MEAN, STD, [torch.Generator().manual_seed(k) for k in range(classes)])
+    assert not torch.equal(other_real, real_all)  # the generators decide: other seeds, other draws
 
 
 def test_dsa_per_class_keeps_each_class_its_own_draw_shared_by_real_and_synthetic():
@@ -105,14 +101,18 @@ def test_dsa_makes_mean_and_std_once(monkeypatch):
     original = dsa.dataset_stats
     monkeypatch.setattr(dsa, "dataset_stats", lambda context: calls.append(1) or original(context))
     distiller = rdd_plugins.get_registry().create("distillers", "dsa")
-    context = SimpleNamespace(train=SimpleNamespace(mean=(0.5,), std=(0.25,)), device=torch.device("cpu"))
+    generator = lambda *key: torch.Generator().manual_seed(len(key))  # noqa: E731
+    context = SimpleNamespace(train=SimpleNamespace(mean=(0.5,), std=(0.25,)), device=torch.device("cpu"),
+                              generator=generator)
     torch.manual_seed(0)
-    for _ in range(3):
-        distiller.train_batch(torch.rand(4, 1, 8, 8), context)
-        distiller.prepare_batches(torch.rand(2, 4, 1, 8, 8), torch.rand(2, 1, 1, 8, 8), context)
+    for i in range(3):
+        distiller.train_batch(torch.rand(4, 1, 8, 8), context, key=(i,))
+        distiller.prepare_batches(torch.rand(2, 4, 1, 8, 8), torch.rand(2, 1, 1, 8, 8), context, key=(i,),
+                                  classes=range(2))
     assert len(calls) == 1
-    other = SimpleNamespace(train=SimpleNamespace(mean=(0.2,), std=(0.3,)), device=torch.device("cpu"))
-    distiller.train_batch(torch.rand(4, 1, 8, 8), other)  # another dataset: its own statistics
+    other = SimpleNamespace(train=SimpleNamespace(mean=(0.2,), std=(0.3,)), device=torch.device("cpu"),
+                            generator=generator)
+    distiller.train_batch(torch.rand(4, 1, 8, 8), other, key=(0,))  # another dataset: its own statistics
     assert len(calls) == 2
 
 

@@ -89,7 +89,7 @@ def test_pgd_lowers_accuracy_of_a_trained_model(make_config):
     (result,) = rdd_plugins.evaluate(ds, cfg, progress=False)
     s = result["summary"]
     pgd = s["attacks"]["pgd"]
-    assert s["clean"]["mean"] > 60  # the synthetic task is learnable from 2 images per class
+    assert s["clean"]["mean"] > 45  # learnable from 2 images per class: chance is 25 (4 classes)
     assert pgd["0"]["robust"]["mean"] == s["clean"]["mean"]  # eps 0 cannot fool anything
     assert pgd["0"]["success_rate"]["mean"] == 0
     assert pgd["64/255"]["robust"]["mean"] < pgd["16/255"]["robust"]["mean"] <= s["clean"]["mean"]

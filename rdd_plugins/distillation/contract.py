@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from ..data import ImageData
+from ..distributed.world import World, current_world
+from ..randomness import seeded, work_generator
 
 LossFn = Callable[[dict, torch.Tensor, torch.Tensor], torch.Tensor]
 Gradients = dict[str, torch.Tensor]
@@ -25,6 +27,9 @@ class DistillContext:
     regularizer: "Regularizer"
     device: torch.device
     progress: bool = True  # a distiller with a long phase of its own (a teacher, features) shows a bar
+    seed: int = 0  # the run's: with a work key it seeds every draw (rdd_plugins/randomness.py)
+    world: World = field(default_factory=current_world)  # the ranks this run is shared between
+    iteration: int = 0  # the iteration the loop is stepping (0 during init)
 
     def __post_init__(self) -> None:
         labels = self.train.labels
@@ -34,15 +39,49 @@ class DistillContext:
     def num_classes(self) -> int:
         return self.train.num_classes
 
-    def real_batch(self, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def real_batch(self, per_class: int, key: tuple | None = None,
+                   classes: range | list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """A random real batch shaped (classes, per_class, C, H, W) with labels (classes, per_class).
 
         As DC's ``get_images``: a fresh permutation of each class, first ``per_class`` taken. Classes
-        smaller than ``per_class`` shrink the batch for all classes so they stack.
+        smaller than ``per_class`` shrink the batch for all classes so they stack. With ``key`` class
+        c's permutation is the work key's ``(*key, c)`` draw, the same whichever rank takes it and
+        whatever else is drawn (the built-in distillers); without it, torch's global generator's.
+        ``classes``: these classes only (default all), in that order.
         """
         n = min(per_class, min(len(ix) for ix in self.class_indices))
-        picks = torch.stack([ix[torch.randperm(len(ix), device=ix.device)[:n]] for ix in self.class_indices])
+        classes = range(self.num_classes) if classes is None else classes
+
+        def permutation(c: int) -> torch.Tensor:
+            ix = self.class_indices[c]
+            if key is None:
+                return torch.randperm(len(ix), device=ix.device)
+            # drawn on the CPU: the same picks on every device type, and no generator per GPU
+            return torch.randperm(len(ix), generator=work_generator(self.seed, *key, c)).to(ix.device)
+
+        picks = torch.stack([self.class_indices[c][permutation(c)[:n]] for c in classes])
         return self.train.images[picks], self.train.labels[picks]
+
+    def generator(self, *key) -> torch.Generator:
+        """A CPU generator for the draw ``key`` of this run (see rdd_plugins/randomness.py)."""
+        return work_generator(self.seed, *key)
+
+    def seeded(self, *key):
+        """torch's global generators seeded for the draw ``key`` inside a ``with`` block, restored after:
+        for code that takes no generator (model initialisation, a regularizer's random start)."""
+        return seeded(self.seed, *key, device=self.device)
+
+    def fresh_model(self, *key) -> nn.Module:
+        """``make_model()`` initialised from the draw ``key``: the same network on every rank."""
+        with self.seeded("model", *key):
+            return self.make_model()
+
+    def own_classes(self) -> range:
+        """The classes this rank computes when a distiller shares them out (all of them on one
+        process); contiguous blocks, rank 0's first (rdd_plugins/distributed/work.py)."""
+        from ..distributed.work import block_of
+
+        return block_of(self.num_classes, self.world)
 
 
 class Regularizer(Protocol):

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint, restore_rng, run_fingerprint, save_checkpoint
+from ..checkpoint import checkpoint_fingerprint, load_checkpoint, restore_rng, run_fingerprint, save_checkpoint
 from ..config import RunConfig, to_toml
+from ..distributed.work import any_rank, broadcast_from, fail_together
+from ..distributed.world import World, current_world, restart_count
 from ..errors import RddError
 from ..lifecycle import notify
 from ..progress import bar
@@ -55,22 +57,32 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
     ``distill.iterations`` than the run's extends it.
     """
     # -- set up: every part built, and so validated, before anything is written --------------------
-    runtime = prepare_runtime(config, "distillation")
-    device = runtime.device
-    check_parts(config, registry)
-    output = RunOutput(out, resume=resume, overwrite=overwrite, device=device)
-    distiller, context = build_parts(config, registry, device, progress)
-    iterations = iteration_budget(distiller, config)
+    # On several ranks (torchrun) a bad input stops every rank with the failing rank's error, and
+    # only rank 0 writes and shows progress (docs/distributed.md).
+    world = current_world()
+    progress = progress and world.is_main
+    if not resume and restart_count() and broadcast_from(world.is_main and continues_here(out, config), world=world):
+        # torchrun --max-restarts started this command again after a rank died: the run it began
+        # continues from its last checkpoint instead of starting over
+        resume, overwrite = True, False
+    with fail_together(world):
+        runtime = prepare_runtime(config, "distillation")
+        device = runtime.device
+        check_parts(config, registry)
+        output = RunOutput(out, resume=resume, overwrite=overwrite, device=device, world=world)
+        distiller, context = build_parts(config, registry, device, progress)
+        iterations = iteration_budget(distiller, config)
     resolved = config.to_dict()
 
     # -- resume, or start ----------------------------------------------------------------------------
     started = time.perf_counter()
-    if resume:
-        run = resume_run(output.where, device, resolved, iterations)
-        if isinstance(run, DistilledSet):  # finished at this budget: its set, and what was derived, stay
-            return run
-    else:
-        run = Progress(distiller.init(context), 0, [])
+    with fail_together(world):
+        if resume:
+            run = resume_run(output.read_from, device, resolved, iterations)
+        else:
+            run = Progress(distiller.init(context), 0, [])
+    if isinstance(run, DistilledSet):  # finished at this budget: its set, and what was derived, stay
+        return run
     output.open(resolved)
     try:
         # -- iterate -------------------------------------------------------------------------------
@@ -85,20 +97,24 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
     if run.interrupted:
         output.discard()
         raise KeyboardInterrupt
-    notify("rdd_distill_finished", result=result)
+    if world.is_main:
+        notify("rdd_distill_finished", result=result)
     return result
 
 
 class RunOutput:
     """Where a run writes: nowhere, its own folder (a resume), or a staged folder that replaces the
-    target at the first checkpoint (a fresh run)."""
+    target at the first checkpoint (a fresh run). On several ranks only rank 0 writes; the others
+    read a resumed run's checkpoint from the folder (``read_from``)."""
 
     def __init__(self, out: str | Path | None, *, resume: bool, overwrite: bool,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, world: World | None = None) -> None:
         if resume and not out:
             raise RddError("resume needs the run folder")
-        self.staged = StagedRun(out, overwrite=overwrite) if out and not resume else None
-        self.folder = check_writable(out, "run folder") if resume else None
+        self.read_from = Path(out) if resume else None
+        writes = (world or current_world()).is_main
+        self.staged = StagedRun(out, overwrite=overwrite) if out and not resume and writes else None
+        self.folder = check_writable(out, "run folder") if resume and writes else None
         if self.folder is not None:  # the resumed set replaces the one its evaluations describe
             check_no_foreign_files(self.folder, out, "resuming (it replaces the evaluated set)")
         self.fingerprint = ""
@@ -152,9 +168,14 @@ def build_parts(config: RunConfig, registry: Registry, device: torch.device, pro
         train=train, ipc=dcfg.ipc, iterations=dcfg.iterations,
         make_model=model_factory(registry, config.backbone.name, config.backbone.params, train, device),
         regularizer=registry.create("regularizers", dcfg.regularizer, **dcfg.regularizer_params),
-        device=device, progress=progress,
+        device=device, progress=progress, seed=config.seed, world=current_world(),
     )
     return distiller, context
+
+
+def continues_here(out: str | Path | None, config: RunConfig) -> bool:
+    """Whether ``out`` holds a checkpoint of this very run (its config, any budget)."""
+    return out is not None and checkpoint_fingerprint(out) == run_fingerprint(config.to_dict())
 
 
 def iteration_budget(distiller, config: RunConfig) -> int:
@@ -212,6 +233,7 @@ def iterate(run: Progress, distiller, context: DistillContext, config: RunConfig
         try:
             for it in range(run.completed, iterations):
                 t0 = device_clock(context.device)
+                context.iteration = it  # the work key of this step's draws
                 losses = distiller.step(run.state, context)
                 bad = _non_finite(losses, run.state)
                 if bad:
@@ -224,10 +246,15 @@ def iterate(run: Progress, distiller, context: DistillContext, config: RunConfig
                     output.checkpoint(run)
                 pbar.update(1)
                 pbar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
-                if _plugins_ask_to_stop(run, distiller, context, config, iterations, losses):
+                # plugins watch on rank 0; a stop there, or a Ctrl-C on any rank, stops every rank
+                # after this same step
+                asked = context.world.is_main and _plugins_ask_to_stop(run, distiller, context, config,
+                                                                       iterations, losses)
+                asked, interrupted = any_rank([asked, stop.requested], context.device, context.world)
+                if asked:
                     run.stopped_early = True
                     return
-                if stop.requested:
+                if interrupted:
                     run.interrupted = True
                     return
         except KeyboardInterrupt:

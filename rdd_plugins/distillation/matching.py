@@ -13,7 +13,8 @@ sized from the device's free memory and one class's measured cost (:func:`cuda_c
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -53,23 +54,43 @@ def use_vmap(class_batching: str, device: torch.device) -> bool:
     return class_batching == "vmap" or (class_batching == "auto" and device.type == "cuda")
 
 
+# ``draws(k)``: a context manager under which the k-th class of a call draws its random numbers
+# (the distillers seed them by the class's work key); None draws from the global stream as it stands.
+Draws = Callable[[int], ContextManager] | None
+
+
+def _no_seeding(k: int) -> ContextManager:
+    return contextlib.nullcontext()
+
+
 def map_classes(fn, params: dict, images: torch.Tensor, labels: torch.Tensor, batched: bool,
-                chunk: int | None = None) -> Gradients:
+                chunk: int | None = None, draws: Draws = None) -> Gradients:
     """``fn(params, images[k], labels[k])`` for every class k, results stacked on a leading K axis.
 
     ``batched``: through vmap, ``chunk`` classes per call (``None``: all of them); else a loop.
+    ``draws(k)`` is entered around class k's call in a loop and around each vmap call at its first
+    class: a regularizer drawing random numbers (PGD's random start) then draws what its class's key
+    says when looped, and what the chunk's first class's key says under vmap.
     """
+    draws = draws or _no_seeding
     if not batched:
-        return _stack_classes([fn(params, images[k], labels[k]) for k in range(images.shape[0])])
-    # "different": a regularizer drawing random numbers (PGD's random start) draws per class.
+        per_class = []
+        for k in range(images.shape[0]):
+            with draws(k):
+                per_class.append(fn(params, images[k], labels[k]))
+        return _stack_classes(per_class)
+    # "different": a regularizer drawing random numbers draws per class.
     mapped = vmap(fn, in_dims=(None, 0, 0), randomness="different")
     classes = images.shape[0]
     if chunk is None or chunk >= classes:  # one call: exactly the unchunked path, random draws included
-        return mapped(params, images, labels)
+        with draws(0):
+            return mapped(params, images, labels)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    parts = [mapped(params, images[start:start + chunk], labels[start:start + chunk])
-             for start in range(0, classes, chunk)]
+    parts = []
+    for start in range(0, classes, chunk):
+        with draws(start):
+            parts.append(mapped(params, images[start:start + chunk], labels[start:start + chunk]))
     return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
 
 
@@ -78,14 +99,15 @@ def _stack_classes(per_class: list[Gradients]) -> Gradients:
 
 
 def real_class_gradients(regularizer: Regularizer, loss_fn: LossFn, params: dict, images: torch.Tensor,
-                         labels: torch.Tensor, batched: bool = True, chunk: int | None = None) -> Gradients:
+                         labels: torch.Tensor, batched: bool = True, chunk: int | None = None,
+                         draws: Draws = None) -> Gradients:
     """Matching targets for every class: images (K, B, C, H, W) -> grads with a leading K axis."""
     detached = {k: v.detach() for k, v in params.items()}
 
     def target(p, x, y):
         return regularizer.parameter_gradient(loss_fn, p, x, y)
 
-    return {k: g.detach() for k, g in map_classes(target, detached, images, labels, batched, chunk).items()}
+    return {k: g.detach() for k, g in map_classes(target, detached, images, labels, batched, chunk, draws).items()}
 
 
 def synthetic_class_gradients(loss_fn: LossFn, params: dict, images: torch.Tensor, labels: torch.Tensor,
@@ -190,9 +212,11 @@ def _first_sentence(error: Exception) -> str:
     return lines[0].split(". ")[0].rstrip(".") if lines else type(error).__name__
 
 
-def layerwise_distance(real: Gradients, synthetic: Gradients) -> torch.Tensor:
-    """DC's distance: for each weight, Σ over output units of (1 - cos) between the flattened
-    gradients, summed over classes. 1-D parameters (biases, norm scales) are skipped, as in DC.
+def class_distances(real: Gradients, synthetic: Gradients) -> torch.Tensor:
+    """DC's distance per class (K,): for each weight, Σ over output units of (1 - cos) between the
+    flattened gradients, summed over the weights. 1-D parameters (biases, norm scales) are skipped,
+    as in DC. Class k's entry depends on class k's gradients only, so classes computed on different
+    ranks give the entries one rank gives.
 
     Tensors carry a leading class dimension K: shape (K, out, ...) -> (K, out, rest).
     """
@@ -205,22 +229,29 @@ def layerwise_distance(real: Gradients, synthetic: Gradients) -> torch.Tensor:
         a = g_real.reshape(k, out, -1)
         b = g_syn.reshape(k, out, -1)
         cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1) + 1e-6)
-        term = (1.0 - cos).sum()
+        term = (1.0 - cos).sum(-1)
         total = term if total is None else total + term
     if total is None:
         raise ValueError("no parameter with 2 or more dimensions to match")
     return total
 
 
+def layerwise_distance(real: Gradients, synthetic: Gradients) -> torch.Tensor:
+    """DC's distance summed over classes, in class order (see :func:`class_distances`)."""
+    return class_distances(real, synthetic).sum()
+
+
 def matching_loss(regularizer: Regularizer, loss_fn: LossFn, params: dict, real_images: torch.Tensor,
                   real_labels: torch.Tensor, syn_images: torch.Tensor, syn_labels: torch.Tensor,
-                  batched: bool, chunk: int | None = None) -> torch.Tensor:
-    """One gradient-matching objective over all classes, differentiable w.r.t. ``syn_images``.
+                  batched: bool, chunk: int | None = None, draws: Draws = None) -> torch.Tensor:
+    """The gradient-matching objective per class (K,), differentiable w.r.t. ``syn_images``; its sum
+    is DC's loss.
 
-    real (K, B, C, H, W), synthetic (K, IPC, C, H, W); the real side goes through ``regularizer``.
+    real (K, B, C, H, W), synthetic (K, IPC, C, H, W); the real side goes through ``regularizer``,
+    its random draws made under ``draws`` (see :func:`map_classes`).
     ``chunk`` bounds the classes per vmap call on both sides. It bounds the real side's memory;
     the synthetic side keeps every class's graph for the backward pass, as the loop does.
     """
-    target = real_class_gradients(regularizer, loss_fn, params, real_images, real_labels, batched, chunk)
+    target = real_class_gradients(regularizer, loss_fn, params, real_images, real_labels, batched, chunk, draws)
     synthetic = synthetic_class_gradients(loss_fn, params, syn_images, syn_labels, batched, chunk)
-    return layerwise_distance(target, synthetic)
+    return class_distances(target, synthetic)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import RunConfig, to_toml
+from ..distributed.work import fail_together
+from ..distributed.world import World, current_world
 from ..registry import Registry
 from ..run.folder import check_writable
 from ..storage import DistilledSet, atomic_write_text
@@ -14,14 +16,22 @@ from .report import plot_image_grid, write_report
 
 def evaluate_to_folder(distilled: DistilledSet, config: RunConfig, registry: Registry, *,
                        out: str | Path | None = None, label: str = "", progress: bool = True,
-                       source: str | Path | None = None) -> list[dict]:
+                       source: str | Path | None = None, world: World | None = None) -> list[dict]:
     """:func:`evaluate_set`, with results.json, report.md, plots and the resolved config in ``out``
-    (checked writable before any work) and finished seeds kept under ``out/seeds``."""
+    (checked writable before any work) and finished seeds kept under ``out/seeds``.
+
+    On several ranks every rank computes and returns the results; rank 0 alone checks and writes
+    ``out`` (another node need not even see it).
+    """
+    world = world or current_world()
     if out is not None:
-        out = check_writable(out, "evaluation folder")
+        out = Path(out)
+        with fail_together(world):  # a folder rank 0 cannot write stops every rank
+            if world.is_main:
+                check_writable(out, "evaluation folder")
     results = evaluate_set(distilled, config, registry, label=label, progress=progress,
-                           seeds_dir=Path(out) / "seeds" if out is not None else None)
-    if out is not None:
+                           seeds_dir=out / "seeds" if out is not None else None, world=world)
+    if out is not None and world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.toml", to_toml(config.to_dict()))
         grid = out / "distilled_images.png"

@@ -11,11 +11,15 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..config import RunConfig, parse_eps
 from ..data import ImageData
+from ..distributed.work import broadcast_from, broadcast_tensors, fail_together, gather_to_all
+from ..distributed.world import World, current_world
 from ..errors import RddError
 from ..lifecycle import notify
+from ..randomness import seeded
 from ..registry import Registry
 from ..run.parts import load_test_split, model_factory, set_label, train_on_set, unfinished
 from ..runtime import Runtime, device_clock, prepare_runtime, scoped_numerics
@@ -76,7 +80,7 @@ def attack_plan(registry: Registry, config: RunConfig) -> tuple[list[PlannedAtta
 
 def run_attacks(model, registry: Registry, plan: list[PlannedAttack], cascade: bool, x: torch.Tensor,
                 y: torch.Tensor, correct: torch.Tensor, *, seed: int, batch_size: int, progress: bool,
-                name: str) -> tuple[dict, dict]:
+                name: str, world: World | None = None) -> tuple[dict, dict]:
     """Every planned attack at every eps; (per attack -> eps -> record, threat -> eps -> worst case).
 
     Cascade: at one threat model and eps, each attack runs only on the points every attack before
@@ -85,6 +89,10 @@ def run_attacks(model, registry: Registry, plan: list[PlannedAttack], cascade: b
     is then cumulative. Otherwise each attack runs on all clean-correct points at every eps. The
     worst case (correct under every attack at that eps and every smaller one) breaks the same points
     either way, up to the attacks' random starts.
+
+    Random draws are keyed by work: an attack is built under ``(seed, "attack", name, eps)`` and its
+    batch i draws under ``(seed, "attack", name, eps, i)``, so they depend on neither what ran
+    before nor how many ranks share the batches (robust_correct).
     """
     n = x.shape[0]
     per_attack: dict = {a.attack: {} for a in plan}
@@ -97,15 +105,16 @@ def run_attacks(model, registry: Registry, plan: list[PlannedAttack], cascade: b
             alive = robust_smaller.clone() if cascade else correct.clone()
             for a in group:
                 target = alive if cascade else correct
-                # Each attack's random draws depend on the seed only, not on what ran before it.
-                torch.manual_seed(seed)
-                attack = registry.create("attacks", a.attack, model, eps, **a.params)
+                key = (seed, "attack", a.attack, text)
+                with seeded(*key, device=x.device):  # an attack that draws when it is built
+                    attack = registry.create("attacks", a.attack, model, eps, **a.params)
                 if not callable(attack):
                     raise RddError(f"attack {a.attack!r} (plugin {registry.get('attacks', a.attack).plugin!r}) "
                                    f"returned {type(attack).__name__}, not a callable (images, labels) -> images")
                 t0 = device_clock(x.device)
                 survived = robust_correct(model, attack, x, y, target, batch_size, progress=progress,
-                                          desc=f"{name} {a.attack} eps={text}", eps=eps, threat_model=threat)
+                                          desc=f"{name} {a.attack} eps={text}", eps=eps, threat_model=threat,
+                                          key=key, world=world)
                 seconds = device_clock(x.device) - t0
                 attacked, fooled = int(target.sum()), int((target & ~survived).sum())
                 alive = alive & survived
@@ -165,73 +174,141 @@ def _summary(per_seed: list[dict], plan: list[PlannedAttack], cascade: bool) -> 
 @scoped_numerics
 def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry, *,
                  test: ImageData | None = None, label: str = "", progress: bool = True,
-                 seeds_dir: str | Path | None = None) -> list[dict]:
+                 seeds_dir: str | Path | None = None, world: World | None = None) -> list[dict]:
     """Train ``config.evaluate.seeds`` fresh models per backbone on ``distilled`` and attack each.
 
     Returns one result per backbone (the rows of results.json). With ``seeds_dir`` every finished
     (backbone, seed) is kept there and reused by a rerun of the same evaluation (seed_cache.py).
+
+    On several ranks (``world``, torchrun's by default) the (backbone, seed) models still to compute
+    are dealt round-robin and trained in parallel, a round of one per rank at a time; then, model by
+    model, its owner sends it to every rank and all of them attack it, each on its share of the
+    points. Every model is seeded by its seed and every attack batch by its work key, so the rows are
+    those one process computes (timings aside), the same on every rank. Rank 0 alone reads and
+    writes the seed cache, prints and notifies.
     """
+    world = world or current_world()
     # -- set up: the attack plan, the test split and every backbone built before any training -------
-    runtime = prepare_runtime(config, "evaluation")
-    device = runtime.device
-    specs = backbone_specs(config)
-    for backbone, params in specs:
-        registry.get("backbones", backbone)
-    plan, cascade = attack_plan(registry, config)
-    test = test or load_test_split(registry, config)
-    check_set_fits(distilled, test)
-    factories = [(b, p, model_factory(registry, b, p, test, device)) for b, p in specs]
-    for _, _, make_model in factories:
-        make_model()  # a backbone that cannot be built fails now, not after minutes of training
+    with fail_together(world):  # a bad input on one rank stops every rank, not only that one
+        runtime = prepare_runtime(config, "evaluation")
+        device = runtime.device
+        specs = backbone_specs(config)
+        for backbone, params in specs:
+            registry.get("backbones", backbone)
+        plan, cascade = attack_plan(registry, config)
+        test = test or load_test_split(registry, config)
+        check_set_fits(distilled, test)
+        factories = [(b, p, model_factory(registry, b, p, test, device)) for b, p in specs]
+        for _, _, make_model in factories:
+            make_model()  # a backbone that cannot be built fails now, not after minutes of training
     name = label or set_label(distilled)
     note = unfinished(distilled)
-    if note:
+    if note and world.is_main:
         print(f"rdd: warning: {name}: the set is unfinished ({note}); its results describe a half-made set",
               file=sys.stderr)
     x_test, y_test = test.images.to(device), test.labels.to(device)
+    # the key holds str(device), "cuda" on every CUDA rank: it does not depend on the rank
     cache = None if seeds_dir is None else SeedCache(
         seeds_dir, config.to_dict(), set_digest(distilled), (test.name, int(x_test.shape[0]), str(device)))
+    tags = [name if len(specs) == 1 else f"{name} [{backbone}]" for backbone, _ in specs]
+    seeds = range(config.seed, config.seed + config.evaluate.seeds)
+    jobs = [(b, seed) for b in range(len(factories)) for seed in seeds]  # (backbone index, seed), in row order
 
-    # -- evaluate: per backbone, fresh models per seed (a rerun reuses the finished ones) ------------
+    # -- reuse: rank 0 reads the finished seeds, every rank takes what it found ----------------------
+    done: list[dict | None] = [None] * len(jobs)
+    if cache is not None:
+        if world.is_main:
+            done = [cache.get(factories[b][0], factories[b][1], seed) for b, seed in jobs]
+            for (b, seed), found in zip(jobs, done):
+                if found is not None:
+                    print(f"rdd: {tags[b]} seed {seed}: reused (finished earlier in {cache.folder})",
+                          file=sys.stderr)
+        done = broadcast_from(done, 0, world)
+
+    # -- evaluate: the models still to do, a round of one per rank at a time -------------------------
+    # Model k of those still to do belongs to rank k % size (dealt_to's round-robin). A round trains
+    # its models in parallel (phase 1), then each owner sends its model to every rank and all attack
+    # it together (phase 2), and rank 0 caches it: an interruption loses at most one round (one
+    # model on one process, as before).
+    todo = [j for j, found in enumerate(done) if found is None]
+    for first in range(0, len(todo), world.size):
+        round_jobs = todo[first:first + world.size]
+        trained, train_seconds = None, None
+        with fail_together(world):
+            if world.rank < len(round_jobs):
+                b, seed = jobs[round_jobs[world.rank]]
+                trained, train_seconds = train_seed(factories[b][2], distilled, config, seed=seed, device=device,
+                                                    progress=progress and world.is_main, tag=tags[b])
+        train_seconds = gather_to_all(train_seconds, world)
+        for owner, j in enumerate(round_jobs):
+            (backbone, backbone_params, make_model), seed = factories[jobs[j][0]], jobs[j][1]
+            model = trained if owner == world.rank else make_model().eval()
+            share_model(model, owner, world)
+            attacked = attack_seed(model, config, registry, plan, cascade, x_test, y_test, seed=seed,
+                                   device=device, progress=progress, tag=tags[jobs[j][0]], world=world)
+            # rank 0's timings (each rank measured its own), so that every rank's rows are the same
+            done[j] = broadcast_from(seed_result(seed, attacked, train_seconds[owner]), 0, world)
+            if cache is not None and world.is_main:
+                cache.put(backbone, backbone_params, seed, done[j])
+
     rows = []
-    for backbone, backbone_params, make_model in factories:
-        tag = name if len(specs) == 1 else f"{name} [{backbone}]"
-        per_seed = []
-        for seed in range(config.seed, config.seed + config.evaluate.seeds):
-            done = cache.get(backbone, backbone_params, seed) if cache else None
-            if done is not None:
-                print(f"rdd: {tag} seed {seed}: reused (finished earlier in {cache.folder})", file=sys.stderr)
-            else:
-                done = evaluate_seed(make_model, distilled, config, registry, plan, cascade, x_test, y_test,
-                                     seed=seed, device=device, progress=progress, tag=tag)
-                if cache:
-                    cache.put(backbone, backbone_params, seed, done)
-            per_seed.append(done)
+    for b, (backbone, backbone_params, _) in enumerate(factories):
+        per_seed = [done[j] for j, (jb, _) in enumerate(jobs) if jb == b]
         row = result_row(distilled, config, test, name, backbone, backbone_params, plan, cascade, per_seed,
                          runtime)
-        notify("rdd_evaluation_finished", report=row)
+        if world.is_main:
+            notify("rdd_evaluation_finished", report=row)
         rows.append(row)
     return rows
 
 
-def evaluate_seed(make_model, distilled: DistilledSet, config: RunConfig, registry: Registry,
-                  plan: list[PlannedAttack], cascade: bool, x_test: torch.Tensor, y_test: torch.Tensor, *,
-                  seed: int, device: torch.device, progress: bool, tag: str) -> dict:
-    """One fresh model: train it on the set, count clean-correct test points, run the attack plan."""
+def seed_result(seed: int, attacked: dict, train_seconds: float) -> dict:
+    """One model's entry of ``per_seed``, from :func:`attack_seed`'s record and its training time."""
+    return {"seed": seed, "clean": attacked["clean"], "attacks": attacked["attacks"], "worst": attacked["worst"],
+            "train_seconds": train_seconds, "clean_seconds": attacked["clean_seconds"],
+            "attack_seconds": attacked["attack_seconds"]}
+
+
+def share_model(model: nn.Module, owner: int, world: World | None = None) -> None:
+    """Rank ``owner``'s parameters and buffers into every rank's ``model`` (built by the same factory,
+    so with the same shapes), bitwise. One process: nothing to do."""
+    world = world or current_world()
+    if not world.distributed:
+        return
+    tensors = [t.detach() for t in (*model.parameters(), *model.buffers())]
+    staged = [t if t.is_contiguous() else t.contiguous() for t in tensors]  # e.g. channels_last weights
+    broadcast_tensors(staged, owner, world)
+    for t, s in zip(tensors, staged):
+        if s is not t:
+            t.copy_(s)
+
+
+def train_seed(make_model, distilled: DistilledSet, config: RunConfig, *, seed: int, device: torch.device,
+               progress: bool, tag: str) -> tuple[nn.Module, float]:
+    """A fresh model trained on the set, seeded by ``seed`` alone (its initialisation, its batches);
+    with the seconds it took."""
     torch.manual_seed(seed)
     t0 = device_clock(device)
     model = train_on_set(make_model, distilled, config, device, progress=progress, desc=f"{tag} train seed {seed}")
+    return model, round(device_clock(device) - t0, 3)
+
+
+def attack_seed(model: nn.Module, config: RunConfig, registry: Registry, plan: list[PlannedAttack],
+                cascade: bool, x_test: torch.Tensor, y_test: torch.Tensor, *, seed: int, device: torch.device,
+                progress: bool, tag: str, world: World | None = None) -> dict:
+    """A trained model's clean-correct test points and the attack plan on them (every rank, each on
+    its share of the batches; progress on rank 0)."""
     t1 = device_clock(device)
+    # clean predictions are cheap: every rank makes them all, in the same batches as one process
     correct = clean_correct(model, x_test, y_test, config.evaluate.eval_batch_size)
     t2 = device_clock(device)
     per_attack, worst = run_attacks(model, registry, plan, cascade, x_test, y_test, correct, seed=seed,
-                                    batch_size=config.evaluate.eval_batch_size, progress=progress, name=tag)
+                                    batch_size=config.evaluate.eval_batch_size, progress=progress, name=tag,
+                                    world=world)
     return {
-        "seed": seed,
         "clean": float(correct.float().mean()),
         "attacks": per_attack,
         "worst": worst,
-        "train_seconds": round(t1 - t0, 3),
         "clean_seconds": round(t2 - t1, 4),
         "attack_seconds": round(device_clock(device) - t2, 3),
     }

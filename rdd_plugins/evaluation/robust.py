@@ -12,8 +12,11 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..distributed.work import dealt_to, fail_together, merge_disjoint
+from ..distributed.world import World, current_world
 from ..errors import RddError
 from ..progress import bar
+from ..randomness import seeded
 
 
 @torch.inference_mode()
@@ -75,23 +78,44 @@ def frozen_weights(model: nn.Module):
             p.requires_grad_(True)
 
 
+def attack_batches(correct: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """The attacked points (``correct``'s, in order) in chunks of ``batch_size``: the units of work
+    :func:`robust_correct` deals to the ranks and keys the random draws by, the same whatever the
+    number of ranks."""
+    idx = torch.nonzero(correct).flatten()
+    return [idx[start:start + batch_size] for start in range(0, idx.numel(), batch_size)]
+
+
 def robust_correct(model: nn.Module, attack: Callable, images: torch.Tensor, labels: torch.Tensor,
                    correct: torch.Tensor, batch_size: int = 500, progress: bool = True,
-                   desc: str = "attack", eps: float | None = None, threat_model: str = "Linf") -> torch.Tensor:
+                   desc: str = "attack", eps: float | None = None, threat_model: str = "Linf", *,
+                   key: tuple | None = None, world: World | None = None) -> torch.Tensor:
     """Boolean mask: points of ``correct`` that the model still classifies right after ``attack``.
 
     With ``eps``, every adversarial batch is checked to lie within the ``threat_model`` ball.
+    With ``key`` (the run's seed and what the attack is, e.g. ``(seed, "attack", name, eps)``),
+    batch i draws from torch's global generators seeded for ``(*key, i)``: a batch's random starts
+    depend on its points and its key only, not on the batches attacked before it.
+
+    On several ranks the batches (:func:`attack_batches`) are dealt round-robin; each rank attacks
+    its own and every rank returns the whole mask (merged exactly), so with ``key`` the mask is the
+    one a single process computes. Only rank 0 shows a bar.
     """
+    world = world or current_world()
     model.eval()  # attacks must see the deployed model (no dropout, frozen BN statistics)
     out = torch.zeros_like(correct)
-    idx = torch.nonzero(correct).flatten()
-    with frozen_weights(model):
-        for start in bar(range(0, idx.numel(), batch_size), desc=desc, enabled=progress):
-            sel = idx[start:start + batch_size]
+    batches = attack_batches(correct, batch_size)
+    mine = dealt_to(len(batches), world)
+    # an attack failing on one rank (e.g. leaving its ball) stops every rank, before the merge
+    with fail_together(world), frozen_weights(model):
+        for index in bar(mine, desc=desc, enabled=progress and world.is_main):
+            sel = batches[index]
             x, y = images[sel], labels[sel]
-            # copies: an attack that perturbs its input in place must not move the reference the
-            # budget check measures against
-            x_adv = attack(x.clone(), y.clone())
+            draws = contextlib.nullcontext() if key is None else seeded(*key, index, device=images.device)
+            with draws:
+                # copies: an attack that perturbs its input in place must not move the reference the
+                # budget check measures against
+                x_adv = attack(x.clone(), y.clone())
             if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
                 raise RddError(f"attack {desc!r} returned a batch of another shape than its input")
             x_adv = x_adv.detach()
@@ -101,4 +125,4 @@ def robust_correct(model: nn.Module, attack: Callable, images: torch.Tensor, lab
             else:
                 check_budget(x, x_adv, eps, threat_model, desc)
             out[sel] = predict(model, x_adv, batch_size) == y
-    return out
+    return merge_disjoint(out, world)

@@ -8,6 +8,10 @@ code under the same version number does not: start a fresh folder after one). Re
 evaluation into the same folder reuses the results whose key matches; since each model is seeded,
 the finished report is the one an uninterrupted run writes. A file with another key, or
 unreadable, is simply computed again.
+
+On several ranks (torchrun) rank 0 alone reads and writes the folder (pipeline.evaluate_set). The
+key holds nothing about the ranks, not even their number: the results do not depend on it, so a
+rerun on another number of processes reuses them.
 """
 
 from __future__ import annotations

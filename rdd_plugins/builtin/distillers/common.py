@@ -21,11 +21,33 @@ def dataset_stats(context: DistillContext) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def random_real_indices(context: DistillContext, per_class: int, who: str) -> torch.Tensor:
-    """``per_class`` random training indices of every class, class-major."""
+    """``per_class`` random training indices of every class, class-major; class c's are the run's
+    ``("init", c)`` draw."""
     short = [c for c, ix in enumerate(context.class_indices) if len(ix) < per_class]
     if short:
         raise RddError(f"{who}: classes {short} have fewer than {per_class} images")
-    return torch.cat([ix[torch.randperm(len(ix), device=ix.device)[:per_class]] for ix in context.class_indices])
+    return torch.cat([ix[torch.randperm(len(ix), generator=context.generator("init", c))[:per_class].to(ix.device)]
+                      for c, ix in enumerate(context.class_indices)])
+
+
+def combine_classes(context: DistillContext, own: range, latent: torch.Tensor, grad: torch.Tensor | None,
+                    per_class: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the gradient w.r.t. ``latent`` of every class, the loss of every class (K,)) on every rank,
+    from this rank's classes ``own``: their gradient rows (``grad``, zero elsewhere, None when it owns
+    none) and their losses. One all-reduce of both, which places each class's values exactly as its
+    owner computed them (rdd_plugins/distributed/work.py). One process, or a step every rank
+    computed whole (``own`` is all classes, not this rank's block), merges nothing."""
+    from ...distributed.work import merge_disjoint
+
+    k = context.num_classes
+    losses = torch.zeros(k, device=latent.device, dtype=latent.dtype)
+    grad = torch.zeros_like(latent) if grad is None else grad
+    if per_class is not None and len(own):
+        losses[own.start:own.stop] = per_class.detach()
+    if not context.world.distributed or own != context.own_classes():
+        return grad, losses
+    merged = merge_disjoint(torch.cat([grad.flatten(), losses]), context.world)
+    return merged[:-k].view_as(latent), merged[-k:]
 
 
 def first_images_of_classes(context: DistillContext, classes: int, per_class: int
@@ -36,6 +58,10 @@ def first_images_of_classes(context: DistillContext, classes: int, per_class: in
     n = min(per_class, min(len(ix) for ix in indices))
     picks = torch.stack([ix[:n] for ix in indices])
     return context.train.images[picks], context.train.labels[picks]
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def registered_name(part: object, kind: str = "regularizers") -> str:
@@ -79,7 +105,7 @@ class SyntheticImages:
             latent = (context.train.images[random_real_indices(context, ipc, self.who)] - mean) / std
         else:
             c, (h, w) = context.train.channels, context.train.image_size
-            latent = torch.randn(k * ipc, c, h, w, device=context.device)
+            latent = torch.randn(k * ipc, c, h, w, generator=context.generator("init-noise")).to(context.device)
         latent = self._project(latent, mean, std).contiguous()
         return {"latent": latent, "momentum": torch.zeros_like(latent),
                 "labels": class_major_labels(k, ipc, context.device)}

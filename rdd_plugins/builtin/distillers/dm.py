@@ -6,7 +6,7 @@ import torch
 
 from ...distillation.contract import DistillContext
 from ...errors import RddError
-from .common import SyntheticImages, dataset_stats, embed
+from .common import SyntheticImages, combine_classes, dataset_stats, embed, has_batch_norm
 from .dsa import DSA_STRATEGY, SiameseAugment
 
 
@@ -17,7 +17,8 @@ class DistributionMatching:
     defaults: lr_img 1.0, momentum 0.5, batch_real 256, init real (DM runs 20000 iterations), and
     DSA's siamese augmentation of each class's real and synthetic batch before embedding them
     (``strategy``, DM's default ``color_crop_cutout_flip_scale_rotate``; ``"none"`` turns it off).
-    The regularizer does not apply (no parameter-gradient is matched).
+    The regularizer does not apply (no parameter-gradient is matched). On several ranks the classes
+    are shared out as in ``gm`` (all of them on every rank when the backbone has BatchNorm).
     """
 
     iterations_needed = True
@@ -34,22 +35,30 @@ class DistributionMatching:
         return self.images.init_state(context)
 
     def step(self, state: dict, context: DistillContext) -> dict[str, float]:
-        k = context.num_classes
-        net = context.make_model()
+        k, it = context.num_classes, context.iteration
+        net = context.fresh_model(it)
         net.train()
         for p in net.parameters():
             p.requires_grad_(False)
-        real_x, _ = context.real_batch(self.batch_real)
+        # With BatchNorm in train mode every class's embedding depends on the whole batch: such a
+        # step cannot be shared out by class, so every rank computes all of it.
+        own = range(k) if has_batch_norm(net) else context.own_classes()
         latent, syn = self.images.leaf(state, context)
-        if self.augment is not None:
-            real_x, syn = self.augment.per_class(real_x, syn, *dataset_stats(context))
-        with torch.no_grad():
-            real_mean = embed(net, real_x.flatten(0, 1)).view(k, real_x.shape[1], -1).mean(1)
-        syn_mean = embed(net, syn.flatten(0, 1)).view(k, syn.shape[1], -1).mean(1)
-        loss = ((real_mean - syn_mean) ** 2).sum()
-        (g_latent,) = torch.autograd.grad(loss, latent)
+        g_latent = per_class = None
+        if len(own):
+            real_x, _ = context.real_batch(self.batch_real, key=("real", it), classes=own)
+            syn = syn[own.start:own.stop]
+            if self.augment is not None:
+                generators = [context.generator("augment", it, c) for c in own]
+                real_x, syn = self.augment.per_class(real_x, syn, *dataset_stats(context), generators)
+            with torch.no_grad():
+                real_mean = embed(net, real_x.flatten(0, 1)).view(len(own), real_x.shape[1], -1).mean(1)
+            syn_mean = embed(net, syn.flatten(0, 1)).view(len(own), syn.shape[1], -1).mean(1)
+            per_class = ((real_mean - syn_mean) ** 2).sum(1)
+            (g_latent,) = torch.autograd.grad(per_class.sum(), latent)
+        g_latent, losses = combine_classes(context, own, latent, g_latent, per_class)
         self.images.step(state, context, g_latent)
-        return {"dm_loss": loss.item() / k}
+        return {"dm_loss": float(losses.sum()) / k}
 
     def result(self, state: dict, context: DistillContext):
         return self.images.pixels(state, context), state["labels"].clone()

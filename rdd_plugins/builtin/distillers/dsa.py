@@ -39,24 +39,33 @@ class SiameseAugment:
         self.ratio_crop_pad, self.ratio_cutout = ratio_crop_pad, ratio_cutout
         self.brightness, self.saturation, self.contrast = brightness, saturation, contrast
 
-    def __call__(self, real: torch.Tensor, syn: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
+    def __call__(self, real: torch.Tensor, syn: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                 generator: torch.Generator | None = None):
         """Augment one class's real (B, C, H, W) and synthetic (S, C, H, W) batches with one and
         the same transform."""
-        real, syn = self.per_class(real[None], syn[None], mean, std)
+        real, syn = self.per_class(real[None], syn[None], mean, std, [generator])
         return real[0], syn[0]
 
-    def per_class(self, real: torch.Tensor, syn: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
+    def per_class(self, real: torch.Tensor, syn: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                  generators: list[torch.Generator | None] | None = None):
         """Real (K, B, ...) and synthetic (K, S, ...) batches, each class's pair under its own draw
         (a transform and one set of its parameters, shared by the class's real and synthetic
-        images). All classes draw at once and each transform drawn runs once over its classes: a
-        loop over classes would launch a dozen small kernels per class."""
-        # Drawn on the CPU's generator, as DSA does: grouping the classes needs no device sync.
-        choices = torch.randint(len(self.transforms), (real.shape[0],))
+        images), class k's from ``generators[k]`` (None: torch's global generator). Each transform
+        drawn then runs once over its classes: a loop over classes would launch a dozen small kernels
+        per class."""
+        generators = generators or [None] * real.shape[0]
+        if len(generators) != real.shape[0]:
+            raise ValueError(f"{real.shape[0]} classes but {len(generators)} generators")
+        # Drawn on the CPU, as DSA draws its choices: grouping the classes needs no device sync, and
+        # a CPU and a GPU run draw the same augmentations.
+        choices = [int(torch.randint(len(self.transforms), (1,), generator=g)) for g in generators]
+        drawn = [self._draw(self.transforms[t], 1, real[0], g) for t, g in zip(choices, generators)]
         real_parts, syn_parts, order = [], [], []
-        for t in choices.unique().tolist():
+        for t in sorted(set(choices)):
             name = self.transforms[t]
-            classes = torch.nonzero(choices == t).flatten().to(real.device)
-            params = self._draw(name, classes.numel(), real[0])
+            members = [i for i, choice in enumerate(choices) if choice == t]
+            params = {k: torch.cat([drawn[i][k] for i in members]).to(real.device) for k in drawn[members[0]]}
+            classes = torch.tensor(members, device=real.device)
             real_parts.append(self._augment_classes(name, real.index_select(0, classes), params, mean, std))
             syn_parts.append(self._augment_classes(name, syn.index_select(0, classes), params, mean, std))
             order.append(classes)
@@ -64,19 +73,21 @@ class SiameseAugment:
         return torch.cat(real_parts).index_select(0, restore), torch.cat(syn_parts).index_select(0, restore)
 
     def apply(self, batches: list[torch.Tensor], mean: torch.Tensor, std: torch.Tensor, *,
-              siamese: bool) -> list[torch.Tensor]:
+              siamese: bool, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         """One drawn transform applied to every batch: with ``siamese`` one parameter draw for all
-        images, otherwise one per image (then ``batches`` holds a single batch)."""
+        images, otherwise one per image (then ``batches`` holds a single batch). Draws from
+        ``generator`` (None: torch's global generator)."""
         if not siamese and len(batches) != 1:
             raise ValueError("per-sample draws augment one batch")
-        name = self.transforms[int(torch.randint(len(self.transforms), (1,)))]
-        params = self._draw(name, 1 if siamese else batches[0].shape[0], batches[0])
+        name = self.transforms[int(torch.randint(len(self.transforms), (1,), generator=generator))]
+        params = self._draw(name, 1 if siamese else batches[0].shape[0], batches[0], generator)
+        params = {k: v.to(batches[0].device) for k, v in params.items()}
         return [self._augment(name, x, {k: v.expand(x.shape[0], *v.shape[1:]) for k, v in params.items()}, mean, std)
                 for x in batches]
 
-    def _draw(self, name: str, n: int, ref: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``n`` parameter sets of transform ``name``, on ``ref``'s device."""
-        return getattr(self, f"_draw_{name}")(n, ref)
+    def _draw(self, name: str, n: int, ref: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """``n`` parameter sets of transform ``name`` for images shaped like ``ref``, on the CPU."""
+        return getattr(self, f"_draw_{name}")(n, ref.shape[2:], generator)
 
     def _augment_classes(self, name, x, params, mean, std):
         """Classes' batches (G, N, C, H, W) under ``params`` drawn once per class (G, ...)."""
@@ -88,10 +99,11 @@ class SiameseAugment:
         z = getattr(self, f"_apply_{name}")((x - mean) / std, params)
         return z * std + mean
 
-    # Each transform: _draw_* samples per-sample parameters; _apply_* is differentiable in x.
-    def _draw_color(self, n, ref):
-        return {"b": torch.rand(n, 1, 1, 1, device=ref.device), "s": torch.rand(n, 1, 1, 1, device=ref.device),
-                "c": torch.rand(n, 1, 1, 1, device=ref.device)}
+    # Each transform: _draw_* samples per-sample parameters on the CPU (n, image size, generator);
+    # _apply_* is differentiable in x.
+    def _draw_color(self, n, size, g):
+        return {"b": torch.rand(n, 1, 1, 1, generator=g), "s": torch.rand(n, 1, 1, 1, generator=g),
+                "c": torch.rand(n, 1, 1, 1, generator=g)}
 
     def _apply_color(self, x, p):
         x = x + (p["b"] - 0.5) * self.brightness
@@ -105,18 +117,18 @@ class SiameseAugment:
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, align_corners=False)
 
-    def _draw_scale(self, n, ref):
+    def _draw_scale(self, n, size, g):
         r = self.ratio_scale
-        return {"sx": torch.rand(n, device=ref.device) * (r - 1 / r) + 1 / r,
-                "sy": torch.rand(n, device=ref.device) * (r - 1 / r) + 1 / r}
+        return {"sx": torch.rand(n, generator=g) * (r - 1 / r) + 1 / r,
+                "sy": torch.rand(n, generator=g) * (r - 1 / r) + 1 / r}
 
     def _apply_scale(self, x, p):
         zeros = torch.zeros_like(p["sx"])
         theta = torch.stack([torch.stack([p["sx"], zeros, zeros], 1), torch.stack([zeros, p["sy"], zeros], 1)], 1)
         return self._affine(x, theta)
 
-    def _draw_rotate(self, n, ref):
-        return {"angle": (torch.rand(n, device=ref.device) - 0.5) * 2 * self.ratio_rotate / 180 * math.pi}
+    def _draw_rotate(self, n, size, g):
+        return {"angle": (torch.rand(n, generator=g) - 0.5) * 2 * self.ratio_rotate / 180 * math.pi}
 
     def _apply_rotate(self, x, p):
         cos, sin, zeros = torch.cos(p["angle"]), torch.sin(p["angle"]), torch.zeros_like(p["angle"])
@@ -124,17 +136,17 @@ class SiameseAugment:
         theta = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)
         return self._affine(x, theta)
 
-    def _draw_flip(self, n, ref):
-        return {"flip": torch.rand(n, 1, 1, 1, device=ref.device) < self.prob_flip}
+    def _draw_flip(self, n, size, g):
+        return {"flip": torch.rand(n, 1, 1, 1, generator=g) < self.prob_flip}
 
     def _apply_flip(self, x, p):
         return torch.where(p["flip"], x.flip(3), x)
 
-    def _draw_crop(self, n, ref):
-        h, w = ref.shape[2:]
+    def _draw_crop(self, n, size, g):
+        h, w = size
         sh, sw = int(h * self.ratio_crop_pad + 0.5), int(w * self.ratio_crop_pad + 0.5)
-        return {"dy": torch.randint(-sh, sh + 1, (n,), device=ref.device),
-                "dx": torch.randint(-sw, sw + 1, (n,), device=ref.device)}
+        return {"dy": torch.randint(-sh, sh + 1, (n,), generator=g),
+                "dx": torch.randint(-sw, sw + 1, (n,), generator=g)}
 
     def _apply_crop(self, x, p):
         # A random translation with zero padding (DSA's crop), as a differentiable gather.
@@ -149,13 +161,13 @@ class SiameseAugment:
     def _cutout_size(self, h, w):
         return int(h * self.ratio_cutout + 0.5), int(w * self.ratio_cutout + 0.5)
 
-    def _draw_cutout(self, n, ref):
+    def _draw_cutout(self, n, size, g):
         # DSA's geometry: a ch x cw square whose centre ranges over [0, h + 1 - ch % 2), cut where
         # it overlaps the image
-        h, w = ref.shape[2:]
+        h, w = size
         ch, cw = self._cutout_size(h, w)
-        return {"cy": torch.randint(0, h + 1 - ch % 2, (n,), device=ref.device),
-                "cx": torch.randint(0, w + 1 - cw % 2, (n,), device=ref.device)}
+        return {"cy": torch.randint(0, h + 1 - ch % 2, (n,), generator=g),
+                "cx": torch.randint(0, w + 1 - cw % 2, (n,), generator=g)}
 
     def _apply_cutout(self, x, p):
         n, _, h, w = x.shape
@@ -180,12 +192,13 @@ class DifferentiableSiameseAugmentation(GradientMatching):
         self.augment = SiameseAugment(strategy)
         self._stats_key, self._stats = None, None
 
-    def prepare_batches(self, real_x, syn, context: DistillContext):
-        return self.augment.per_class(real_x, syn, *self._dataset_stats(context))
+    def prepare_batches(self, real_x, syn, context: DistillContext, *, key: tuple, classes: range):
+        generators = [context.generator(*key, c) for c in classes]
+        return self.augment.per_class(real_x, syn, *self._dataset_stats(context), generators)
 
-    def train_batch(self, images, context: DistillContext):
+    def train_batch(self, images, context: DistillContext, *, key: tuple):
         mean, std = self._dataset_stats(context)
-        return self.augment.apply([images], mean, std, siamese=False)[0]
+        return self.augment.apply([images], mean, std, siamese=False, generator=context.generator(*key))[0]
 
     def _dataset_stats(self, context: DistillContext) -> tuple[torch.Tensor, torch.Tensor]:
         """The dataset's mean and std on the run's device, made once: every inner-loop minibatch

@@ -9,8 +9,9 @@ from torch import nn
 from ...distillation.contract import DistillContext
 from ...distillation.matching import (check_regularizer_vmaps, cuda_class_chunk, forked_rng, make_loss_fn,
                                       matching_loss, trainable_params, use_vmap)
+from ...distributed.work import replica_checks, same_everywhere
 from ...errors import RddError
-from .common import SyntheticImages, first_images_of_classes, registered_name
+from .common import SyntheticImages, combine_classes, first_images_of_classes, has_batch_norm, registered_name
 
 # DC's (outer_loop, inner_loop) by images per class.
 DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -28,14 +29,11 @@ def dc_loops(ipc: int) -> tuple[int, int]:
     return DC_LOOPS[max(k for k in DC_LOOPS if k <= max(ipc, 10))]
 
 
-def _has_batch_norm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-def _freeze_batch_norm_on_real(net: nn.Module, context: DistillContext) -> None:
+def _freeze_batch_norm_on_real(net: nn.Module, context: DistillContext, key: tuple) -> None:
     """DC's BatchNorm handling: set running statistics from a real batch, then use them fixed,
-    so per-class gradients do not depend on batch composition (and vmap sees no in-place update)."""
-    real_x, _ = context.real_batch(16)
+    so per-class gradients do not depend on batch composition (and vmap sees no in-place update).
+    Every rank draws the same batch (``key``), so the statistics agree."""
+    real_x, _ = context.real_batch(16, key=key)
     net.train()
     with torch.no_grad():
         net(real_x.flatten(0, 1))
@@ -73,6 +71,12 @@ class GradientMatching:
     fits; elsewhere 0 takes all classes at once. The regularizer is checked under vmap at
     :meth:`init`, whatever the batching. Images live in normalized units and are projected onto
     [0, 1] when ``clamp`` (see :class:`SyntheticImages`).
+
+    On several ranks each takes a block of classes: it draws their real batches, matches them and
+    computes their image gradients; one all-reduce per outer step gives every rank every class's
+    gradient and loss, every rank steps all images alike and trains the same inner-loop network.
+    Exact, because class c's images enter only class c's term (BatchNorm statistics are frozen), and
+    every draw is keyed by (iteration, outer step, class, ...), not by the rank.
     """
 
     iterations_needed = True
@@ -105,32 +109,44 @@ class GradientMatching:
         }
 
     def step(self, state: dict, context: DistillContext) -> dict[str, float]:
-        k, ipc = context.num_classes, context.ipc
-        net = context.make_model()
+        k, ipc, it = context.num_classes, context.ipc, context.iteration
+        own = context.own_classes()
+        net = context.fresh_model(it)
         net.train()
         params = trainable_params(net)
         loss_fn = make_loss_fn(net)
         net_optimizer = torch.optim.SGD(net.parameters(), lr=self.lr_net)
-        syn_labels = state["labels"].view(k, ipc)
-        has_bn = _has_batch_norm(net)
+        own_labels = state["labels"].view(k, ipc)[own.start:own.stop]
+        has_bn = has_batch_norm(net)
         total = 0.0
         for outer in range(state["outer_loop"]):
+            # -- match: this rank's classes, their image gradients -----------------------------------
             if has_bn:
-                _freeze_batch_norm_on_real(net, context)
-            real_x, real_y = context.real_batch(self.batch_real)
+                _freeze_batch_norm_on_real(net, context, key=("bn", it, outer))
             latent, syn = self.images.leaf(state, context)
-            real_x, syn = self.prepare_batches(real_x, syn, context)
-            batched, chunk = self._class_batching(context, loss_fn, params, real_x, real_y)
-            loss = matching_loss(context.regularizer, loss_fn, params, real_x, real_y, syn, syn_labels,
-                                 batched, chunk)
-            (g_latent,) = torch.autograd.grad(loss, latent)
+            g_latent = per_class = None
+            if len(own):
+                real_x, real_y = context.real_batch(self.batch_real, key=("real", it, outer), classes=own)
+                real_x, own_syn = self.prepare_batches(real_x, syn[own.start:own.stop], context,
+                                                       key=("augment", it, outer), classes=own)
+                batched, chunk = self._class_batching(context, loss_fn, params, real_x, real_y)
+                per_class = matching_loss(context.regularizer, loss_fn, params, real_x, real_y, own_syn,
+                                          own_labels, batched, chunk,
+                                          draws=lambda i: context.seeded("regularizer", it, outer, own[i]))
+                (g_latent,) = torch.autograd.grad(per_class.sum(), latent)
+            # -- every class's gradient on every rank, then the same step everywhere -----------------
+            g_latent, losses = combine_classes(context, own, latent, g_latent, per_class)
             self.images.step(state, context, g_latent)
-            total += loss.item()
+            total += float(losses.sum())  # in class order, whatever the ranks
             if has_bn:
                 net.train()
             if outer == state["outer_loop"] - 1:
                 break
-            self._train_on_synthetic(net, net_optimizer, state, context, state["inner_loop"])
+            # -- train the network on the synthetic set: replicated, identical on every rank ---------
+            self._train_on_synthetic(net, net_optimizer, state, context, state["inner_loop"], key=(it, outer))
+            if replica_checks(context.world):
+                same_everywhere(list(net.parameters()), f"the inner loop's network (iteration {it}, outer step {outer})",
+                                context.world)
         # DC logs the loss averaged over classes and outer steps.
         return {"match_loss": total / (k * state["outer_loop"])}
 
@@ -146,25 +162,28 @@ class GradientMatching:
             self._cuda_chunk = cuda_class_chunk(context.regularizer, loss_fn, params, real_x, real_y)
         return self._cuda_chunk > 0, self._cuda_chunk or None
 
-    def _train_on_synthetic(self, net, optimizer, state, context, epochs: int) -> None:
+    def _train_on_synthetic(self, net, optimizer, state, context, epochs: int, key: tuple) -> None:
         images = self.images.pixels(state, context)
         labels = state["labels"]
         n = images.shape[0]
-        for _ in range(epochs):
-            order = torch.randperm(n, device=images.device)
-            for start in range(0, n, self.batch_train):
+        for epoch in range(epochs):
+            order = torch.randperm(n, generator=context.generator("inner", *key, epoch)).to(images.device)
+            for batch, start in enumerate(range(0, n, self.batch_train)):
                 idx = order[start:start + self.batch_train]
-                loss = F.cross_entropy(net(self.train_batch(images[idx], context)), labels[idx])
+                shown = self.train_batch(images[idx], context, key=("inner-augment", *key, epoch, batch))
+                loss = F.cross_entropy(net(shown), labels[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
 
-    def prepare_batches(self, real_x: torch.Tensor, syn: torch.Tensor, context: DistillContext):
-        """Real (K, B, ...) and synthetic (K, IPC, ...) batches as the networks see them (DSA augments)."""
+    def prepare_batches(self, real_x: torch.Tensor, syn: torch.Tensor, context: DistillContext, *,
+                        key: tuple, classes: range):
+        """Real (K', B, ...) and synthetic (K', IPC, ...) batches of ``classes`` as the networks see
+        them (DSA augments, class c with the draw ``(*key, c)``)."""
         return real_x, syn
 
-    def train_batch(self, images: torch.Tensor, context: DistillContext) -> torch.Tensor:
-        """A synthetic minibatch as the inner-loop network trains on it."""
+    def train_batch(self, images: torch.Tensor, context: DistillContext, *, key: tuple) -> torch.Tensor:
+        """A synthetic minibatch as the inner-loop network trains on it (DSA augments with ``key``'s draw)."""
         return images
 
     def result(self, state: dict, context: DistillContext):

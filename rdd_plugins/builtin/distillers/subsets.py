@@ -15,7 +15,8 @@ from .common import embed, random_real_indices
 
 
 class RandomSubset:
-    """``ipc`` real images per class drawn at random."""
+    """``ipc`` real images per class drawn at random: class c's are the run's ``("init", c)`` draw, so
+    every rank picks the same ones."""
 
     iterations_needed = False
 
@@ -72,17 +73,22 @@ class Herding:
         return {"images": images[picks].clone(), "labels": labels[picks].clone()}
 
     def _feature_network(self, context: DistillContext) -> nn.Module:
-        """The backbone trained on the full training set, with a bar counting its batches."""
+        """The backbone trained on the full training set, with a bar counting its batches.
+
+        Replicated: on several ranks each trains the same network (its initialisation and its
+        shuffles are the run's ``("herding", ...)`` draws) and so picks the same images; training it
+        data-parallel would make it depend on the number of ranks (see sre2l's teacher)."""
         images, labels = context.train.images, context.train.labels
-        net = context.make_model()
+        net = context.fresh_model("herding")
         batches = self.feature_epochs * math.ceil(images.shape[0] / self.batch_size)
         with bar(total=batches, desc="herding features", unit="batch", enabled=context_progress(context)) as pbar:
             # train_model's own bar counts epochs, and herding trains few long ones; it runs the
             # network once per training batch, so a forward hook counts batches without changing them.
             counter = net.register_forward_hook(lambda *_: pbar.update(1))
             try:
-                return train_model(net, images, labels, epochs=self.feature_epochs, lr=self.lr,
-                                   batch_size=self.batch_size, progress=False)
+                with context.seeded("herding", "train"):  # train_model shuffles with torch's generator
+                    return train_model(net, images, labels, epochs=self.feature_epochs, lr=self.lr,
+                                       batch_size=self.batch_size, progress=False)
             finally:
                 counter.remove()
 

@@ -1,0 +1,125 @@
+"""The process group a command runs in: one process (the default) or torchrun's ranks.
+
+``torchrun --nproc_per_node=N rdd ...`` exports RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous
+address; :func:`start_world` joins the group when WORLD_SIZE > 1: NCCL with one GPU per rank
+(``LOCAL_RANK``) on CUDA, gloo on a CPU. Collectives time out (``RDD_DIST_TIMEOUT`` seconds,
+default 1800) instead of hanging when a rank has died without torchrun noticing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import RddError
+
+DEFAULT_TIMEOUT_S = 1800
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the ranks of a command."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes files, prints and shows progress bars."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+_world = World()
+
+
+def current_world() -> World:
+    """The world :func:`start_world` joined; one process when none was started."""
+    return _world
+
+
+def launched_size() -> int:
+    """WORLD_SIZE as torchrun exported it; 1 outside torchrun."""
+    text = os.environ.get("WORLD_SIZE", "1")
+    try:
+        size = int(text)
+    except ValueError:
+        raise RddError(f"WORLD_SIZE={text!r} is not an integer") from None
+    if size < 1:
+        raise RddError(f"WORLD_SIZE must be at least 1, got {size}")
+    return size
+
+
+def restart_count() -> int:
+    """How often torchrun has restarted this command's workers (``--max-restarts``); 0 at first."""
+    try:
+        return max(0, int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
+    except ValueError:
+        return 0
+
+
+def _timeout() -> datetime.timedelta:
+    text = os.environ.get("RDD_DIST_TIMEOUT", str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise RddError(f"RDD_DIST_TIMEOUT={text!r} is not a number of seconds") from None
+    if seconds <= 0:
+        raise RddError(f"RDD_DIST_TIMEOUT must be positive, got {text}")
+    return datetime.timedelta(seconds=seconds)
+
+
+def start_world(device: str = "auto") -> World:
+    """Join torchrun's process group when WORLD_SIZE > 1 (once per process); the world either way.
+
+    ``device`` is the command's ("auto", "cpu", "cuda"): CUDA ranks take GPU ``LOCAL_RANK`` and talk
+    over NCCL, CPU ranks over gloo. A plain ``rdd`` (no torchrun) stays one process.
+    """
+    global _world
+    import torch.distributed as dist
+
+    size = launched_size()
+    if size == 1 or (dist.is_available() and dist.is_initialized()):
+        if size > 1:
+            _world = World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        return _world
+    if not dist.is_available():
+        raise RddError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RddError(f"WORLD_SIZE={size} but {', '.join(missing)} is not set; launch with "
+                       f"torchrun --nproc_per_node={size} $(which rdd) ...")
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    cuda = device == "cuda" or device.startswith("cuda:") or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        if not torch.cuda.is_available():
+            raise RddError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+        if local_rank >= torch.cuda.device_count():
+            raise RddError(f"LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} GPU(s); "
+                           f"start at most that many processes per node")
+        torch.cuda.set_device(local_rank)  # "cuda" now means this rank's GPU, for every tensor
+    timeout = _timeout()
+    # torchrun's agent keeps one store across --max-restarts: without a prefix per attempt a restarted
+    # rank could read a dead rank's address from the attempt before and fail to connect
+    store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+    store = dist.PrefixStore(f"rdd/attempt-{restart_count()}", store)
+    dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=rank, world_size=size, timeout=timeout)
+    _world = World(rank, size, local_rank)
+    return _world
+
+
+def stop_world() -> None:
+    """Leave the process group (at the end of a command)."""
+    global _world
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _world = World()
