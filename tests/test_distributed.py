@@ -141,3 +141,26 @@ def test_a_rank_killed_mid_run_is_restarted_and_ends_with_the_uninterrupted_set(
     torchrun(2, tmp_path, "die", "--max-restarts=1")
     assert json.loads((tmp_path / "restarts.json").read_text()) == {"restart_count": 1}
     assert_same_set(one / "gm", tmp_path / "gm")
+
+
+def test_study_under_torchrun_deals_the_shards_jobs_across_ranks(monkeypatch):
+    """Rank r of W in shard I/N runs shard I + N*r of N*W: the ranks of a shard take its jobs once."""
+    from rdd_plugins import api, cli
+    from rdd_plugins.studies.jobs import shard_jobs
+
+    taken = {}
+
+    def fake_study(source, *, out, shard, progress):
+        taken[rank] = (shard, progress)
+        return {"done": {}, "shard": list(shard), "shard_jobs": 0, "jobs": 0, "study": "s", "out": "o"}
+
+    monkeypatch.setattr(api, "study", fake_study)
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # ranks > 0 silence their stdout: put it back after
+    jobs = list(range(23))
+    for rank in range(3):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "3")
+        assert cli.main(["study", "x.toml", "--shard", "1/2"]) == 0
+    dealt = [shard_jobs(jobs, *taken[rank][0]) for rank in range(3)]
+    assert sorted(j for part in dealt for j in part) == shard_jobs(jobs, 1, 2)
+    assert [taken[rank][1] for rank in range(3)] == [True, False, False]  # bars on rank 0 only
