@@ -87,7 +87,7 @@ def dc_code_row(dc_repo: str, net, setting: dict, device, real_x, real_y, syn, s
     except ImportError as e:
         raise SystemExit(f"--dc-repo {dc_repo}: cannot import DC's networks.py/utils.py ({e})")
     import rdd_plugins
-    from rdd_plugins.distillation.matching import matching_loss
+    from rdd_plugins.distillation.matching import matching_losses
 
     s = setting
     dc_net = ConvNet(s["channels"], s["classes"], s["width"], 3, "relu", "instancenorm", "avgpooling",
@@ -112,7 +112,7 @@ def dc_code_row(dc_repo: str, net, setting: dict, device, real_x, real_y, syn, s
         return loss
 
     none = rdd_plugins.get_registry().create("regularizers", "none")
-    ours = matching_loss(none, loss_fn, theta, real_x, real_y, syn, syn_y, False).sum().item()
+    ours = matching_losses(none, loss_fn, theta, real_x, real_y, syn, syn_y, False).sum().item()
     theirs = dc_loss().item()
 
     def step():
@@ -125,7 +125,7 @@ def dc_code_row(dc_repo: str, net, setting: dict, device, real_x, real_y, syn, s
 def measure(row: str, setting: str, device_name: str, repeats: int, dc_repo: str | None = None) -> dict:
     import rdd_plugins
     from rdd_plugins.runtime import resolve_device
-    from rdd_plugins.distillation.matching import make_loss_fn, matching_loss, trainable_params, use_vmap
+    from rdd_plugins.distillation.matching import make_loss_fn, matching_losses, trainable_params, use_vmap
     from rdd_plugins.runtime import prepare_device
 
     s = SETTINGS[setting]
@@ -155,7 +155,7 @@ def measure(row: str, setting: str, device_name: str, repeats: int, dc_repo: str
         batched = use_vmap("auto", device)
 
         def step():
-            loss = matching_loss(reg, loss_fn, theta, real_x, real_y, syn, syn_y, batched).sum()
+            loss = matching_losses(reg, loss_fn, theta, real_x, real_y, syn, syn_y, batched).sum()
             torch.autograd.grad(loss, syn)
 
     def sync():

@@ -4,8 +4,8 @@
 Each rank count is a fresh `torchrun --standalone` launch of this script in worker mode (gloo on a
 CPU, NCCL on GPUs). A worker runs the quickstart's CPU-sized settings on Fashion-MNIST (width-32
 ConvNet, IPC 10; `gm`+curvature with (outer, inner) = (10, 10) and batch_real 64; `sre2l`+curvature
-with a 1-epoch teacher and 4 recover batches of 25; an evaluation of 2 models trained 50 epochs and
-attacked with PGD-10 at 8/255 on 500 test points) and reports:
+with a 1-epoch teacher and `recover_batch` 25, i.e. 5 recover batches of 20 images; an evaluation of
+2 models trained 50 epochs and attacked with PGD-10 at 8/255 on 500 test points) and reports:
 
 * `gm s/iter`, `sre2l s/recover`: the loop's own timing of the second iteration (the first warms up);
 * `evaluate s`: the wall time of `evaluate_set` (training both models and attacking them);
@@ -89,7 +89,7 @@ def worker(out: Path, device: str) -> None:
 
     import rdd_plugins
     from rdd_plugins.config import merge
-    from rdd_plugins.distributed.world import start_world
+    from rdd_plugins.distributed.world import start_world, stop_world
     from rdd_plugins.evaluation.pipeline import evaluate_set
     from rdd_plugins.evaluation.seed_cache import set_digest
     from rdd_plugins.plugins import get_registry
@@ -98,7 +98,7 @@ def worker(out: Path, device: str) -> None:
     from rdd_plugins.plugins import register_plugin
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    world = start_world(device)
+    world = start_world()
     counter = ByteCounter()
     class IterationTimer:
         """An in-process plugin: each finished iteration's seconds, as the loop reports them (rank 0)."""
@@ -131,6 +131,7 @@ def worker(out: Path, device: str) -> None:
     figures["table"] = [{"clean": r["summary"]["clean"], "worst": r["summary"]["worst"]} for r in rows]
     if world.is_main:
         out.write_text(json.dumps(figures))
+    stop_world()
 
 
 def launch(ranks: int, device: str, threads: int) -> dict:

@@ -21,7 +21,7 @@ import torch
 from torch.func import grad, grad_and_value
 
 import rdd_plugins
-from rdd_plugins.distillation.matching import layerwise_distance, make_loss_fn, matching_loss, trainable_params
+from rdd_plugins.distillation.matching import layerwise_distance, make_loss_fn, matching_losses, trainable_params
 from rdd_plugins.runtime import prepare_device
 
 
@@ -79,7 +79,7 @@ def main() -> None:
 
     def eager_step(loss_fn=loss_fn, params=params, real_x=real_x, syn=syn):
         images = syn.clone().requires_grad_(True)
-        loss = matching_loss(none, loss_fn, params, real_x, real_y, images, syn_y, False).sum()
+        loss = matching_losses(none, loss_fn, params, real_x, real_y, images, syn_y, False).sum()
         (g,) = torch.autograd.grad(loss, images)
         return loss, g
 

@@ -22,6 +22,9 @@ from .errors import RddError
 from .storage import atomic_write
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
+# How a run's random draws are made. 2: keyed by work (rdd_plugins/randomness.py). A checkpoint of
+# another scheme began with draws its resume would not continue.
+DRAWS = 2
 
 
 def capture_rng() -> dict[str, torch.Tensor]:
@@ -81,7 +84,8 @@ def save_checkpoint(folder: str | Path, *, iteration: int, state: dict, history:
                 raise RddError(f"distiller state {key!r} is neither a tensor nor JSON data; "
                                f"a checkpoint cannot hold it") from None
             plain[key] = value
-    record = {"iteration": iteration, "state": plain, "history": history, "fingerprint": fingerprint}
+    record = {"iteration": iteration, "state": plain, "history": history, "fingerprint": fingerprint,
+              "draws": DRAWS}
     if device is not None:
         record["device"] = torch.device(device).type
     doc = json.dumps(record)
@@ -112,6 +116,9 @@ def load_checkpoint(folder: str | Path, device: torch.device,
         cuda_rng_states(rng)  # "rng.cuda.N" with an integer N, or no readable checkpoint
     except (SafetensorError, OSError, KeyError, TypeError, ValueError) as exc:
         raise RddError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if doc.get("draws", 1) != DRAWS:
+        raise RddError(f"{path} was written by an rdd whose random draws were not keyed by work (before "
+                       f"several processes were supported); it cannot continue exactly: run it again from the start")
     if config is not None and doc.get("fingerprint") not in (run_fingerprint(config), _legacy_fingerprint(config)):
         raise RddError(f"{path} was written by another config than {Path(folder) / 'config.toml'}; "
                        f"resume needs the run's own config")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -393,21 +394,6 @@ COMMANDS = {"plugins": cmd_plugins, "distill": cmd_distill, "evaluate": cmd_eval
 DISTRIBUTED_COMMANDS = ("distill", "evaluate", "benchmark", "quickstart")
 
 
-def _launch_device(args: argparse.Namespace) -> str:
-    """The device the command will use, to pick the ranks' backend before any config is resolved."""
-    if getattr(args, "device", None):
-        return args.device
-    path = getattr(args, "config", None) or (Path(args.resume) / "config.toml" if getattr(args, "resume", None) else None)
-    if path:
-        from .config import load_toml
-
-        try:
-            return str(load_toml(path).get("device", "auto"))
-        except (OSError, RddError):
-            pass  # the command itself reports a bad config, in its own words
-    return "auto"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.strict:
@@ -419,14 +405,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in DISTRIBUTED_COMMANDS and launched_size() > 1:
             joined = not world.distributed
-            world = start_world(_launch_device(args))
+            world = start_world()
         elif launched_size() > 1:
             world = World(int(os.environ.get("RANK", "0")), launched_size())  # to speak once, as rank 0
             if args.command != "study":
                 raise RddError(f"rdd {args.command} runs in one process; launch it without torchrun")
-        if not world.is_main:  # rank 0 speaks for all: its summary lines are every rank's
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of this rank
-        return COMMANDS[args.command](args)
+        with contextlib.ExitStack() as quiet:
+            if not world.is_main:  # rank 0 speaks for all: its summary lines are every rank's
+                quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w"))))
+            return COMMANDS[args.command](args)
     except RddError as exc:
         _say(world, exc, f"rdd: error: {exc}")
         return 2

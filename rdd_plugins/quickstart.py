@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import RunConfig, merge, resolve
 from .distillation.loop import run_distillation
-from .distributed.work import broadcast_from
+from .distributed.work import broadcast_from, fail_together
 from .distributed.world import current_world
 from .errors import RddError
 from .evaluation.pipeline import attack_plan, backbone_specs, evaluate_set
@@ -107,17 +107,18 @@ def _resumable(folder: Path, config: RunConfig) -> bool:
 
 def run_quickstart(out: str | Path = "runs/quickstart", overrides: dict | None = None,
                    progress: bool = True) -> dict:
-    out = check_writable(out, "quickstart folder")
     world = current_world()  # on several ranks (torchrun) each method's work is shared; rank 0 writes
     progress = progress and world.is_main
-    registry = get_registry()
-    configs = method_configs(overrides)
-    first = next(iter(configs.values()))
-    for cfg in configs.values():  # a typo in the evaluation settings fails now, not after distilling
-        attack_plan(registry, cfg)
-        for backbone, _ in backbone_specs(cfg):
-            registry.get("backbones", backbone)
-    test = load_test_split(registry, first)
+    with fail_together(world):  # a bad input fails on every rank, with the failing rank's error
+        out = check_writable(out, "quickstart folder")
+        registry = get_registry()
+        configs = method_configs(overrides)
+        first = next(iter(configs.values()))
+        for cfg in configs.values():  # a typo in the evaluation settings fails now, not after distilling
+            attack_plan(registry, cfg)
+            for backbone, _ in backbone_specs(cfg):
+                registry.get("backbones", backbone)
+        test = load_test_split(registry, first)
     results, grids, timings = [], {}, {}
     for label, cfg in configs.items():
         folder = out / "sets" / label.replace("+", "_")

@@ -33,13 +33,18 @@ def work_generator(seed: int, *key, device: torch.device | str = "cpu") -> torch
     return torch.Generator(device=device).manual_seed(work_seed(seed, *key))
 
 
+def forked_rng(device: torch.device | str):
+    """torch's generators (the CPU's, and ``device``'s on CUDA) as they were, once the block ends."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return torch.random.fork_rng(devices=[])
+    return torch.random.fork_rng(devices=[device.index if device.index is not None else torch.cuda.current_device()])
+
+
 @contextlib.contextmanager
 def seeded(seed: int, *key, device: torch.device | str = "cpu"):
     """torch's global generators seeded for ``key`` inside the block and as they were after it: for
     draws made by code that takes no generator (a model's initialisation, a plugin's regularizer)."""
-    device = torch.device(device)
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
+    with forked_rng(device):
         torch.manual_seed(work_seed(seed, *key))
         yield

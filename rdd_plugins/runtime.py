@@ -83,6 +83,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RddError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    if name.startswith("cuda:"):
+        from .distributed.world import current_world
+
+        if current_world().distributed:  # every rank would put its tensors on that one GPU
+            raise RddError(f"device {name!r}: under torchrun each rank takes GPU LOCAL_RANK; use --device cuda")
     return torch.device(name)
 
 

@@ -9,7 +9,7 @@ from rdd_plugins.builtin.backbones import convnet
 from rdd_plugins.builtin.distillers import gm as gm_module
 from rdd_plugins.builtin.distillers.gm import GradientMatching
 from rdd_plugins.distillation.matching import (check_regularizer_vmaps, classes_that_fit, make_loss_fn,
-                                               matching_loss, real_class_gradients,
+                                               matching_losses, real_class_gradients,
                                                synthetic_class_gradients, trainable_params)
 from rdd_plugins.errors import RddError
 
@@ -69,8 +69,8 @@ def test_chunked_matching_loss_and_its_image_gradient_equal_the_loops():
     syn = torch.rand(CLASSES, 2, 1, 8, 8, requires_grad=True)
     reg = registry_regularizer("curvature")
     args = (reg, make_loss_fn(model), trainable_params(model), x, y, syn, y[:, :2])
-    looped = matching_loss(*args, batched=False).sum()
-    chunked = matching_loss(*args, batched=True, chunk=2).sum()
+    looped = matching_losses(*args, batched=False).sum()
+    chunked = matching_losses(*args, batched=True, chunk=2).sum()
     torch.testing.assert_close(chunked, looped, rtol=1e-6, atol=1e-6)
     (g_looped,), (g_chunked,) = torch.autograd.grad(looped, syn), torch.autograd.grad(chunked, syn)
     torch.testing.assert_close(g_chunked, g_looped, rtol=1e-6, atol=1e-6)

@@ -257,3 +257,28 @@ def test_sre2l_recover_keeps_every_pixel_movable(make_config):
         # the box whose step points outwards stay put
         on_box = (before <= low + 1e-6) | (before >= high - 1e-6)
         assert (state["latent"] != before)[~on_box].float().mean() > 0.95
+
+
+@pytest.mark.parametrize("distiller", ["gm", "dsa"])
+def test_regularize_inner_trains_the_inner_network_with_the_regularizer(make_config, monkeypatch, distiller):
+    from rdd_plugins.builtin import regularizers
+
+    def run(regularizer, inner, **reg_params):
+        cfg = make_config(distiller=distiller, regularizer=regularizer, regularizer_params=reg_params)
+        cfg["distill"]["params"]["regularize_inner"] = inner
+        return rdd_plugins.distill(cfg, progress=False).images
+
+    # with no regularizer the option is plain cross-entropy training by another route
+    torch.testing.assert_close(run("none", True), run("none", False), rtol=1e-5, atol=1e-6)
+    calls = []
+    original = regularizers.Curvature.parameter_gradient
+    monkeypatch.setattr(regularizers.Curvature, "parameter_gradient",
+                        lambda self, *a: calls.append(a[2].shape[0]) or original(self, *a))
+    plain = run("curvature", False, h=0.5, lam=1.0)
+    assert calls.count(8) == 0  # matching sees real batches of 16 (and 2 in the start-up check)
+    regularized = run("curvature", True, h=0.5, lam=1.0)
+    # 3 iterations x (outer 2 - 1) inner loops x 2 epochs x 1 minibatch: the whole set of 8 images
+    assert calls.count(8) == 3 * 1 * 2
+    assert not torch.equal(plain, regularized)
+    with pytest.raises(rdd_plugins.RddError, match="regularize_inner must be true or false"):
+        rdd_plugins.get_registry().create("distillers", distiller, regularize_inner="yes")

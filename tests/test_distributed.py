@@ -136,6 +136,15 @@ def test_a_checkpoint_of_two_ranks_resumes_on_one(runs, tmp_path):
     assert_same_set(one / "gm", partial)
 
 
+def test_a_failure_on_one_rank_stops_every_rank_with_its_one_line_error(tmp_path):
+    done = torchrun(2, tmp_path, "fail")
+    codes = [json.loads((tmp_path / f"exit-{rank}.json").read_text())["code"] for rank in (0, 1)]
+    assert codes == [2, 2]
+    said = [line for line in done.stderr.splitlines() if line.startswith("rdd")]
+    assert said == ["rdd: error: rank 1 failed: the disk of rank 1 is unreadable"]
+    assert not (tmp_path / "gm").exists()  # nothing written
+
+
 def test_a_rank_killed_mid_run_is_restarted_and_ends_with_the_uninterrupted_set(runs, tmp_path):
     one, _ = runs
     torchrun(2, tmp_path, "die", "--max-restarts=1")
@@ -155,7 +164,6 @@ def test_study_under_torchrun_deals_the_shards_jobs_across_ranks(monkeypatch):
         return {"done": {}, "shard": list(shard), "shard_jobs": 0, "jobs": 0, "study": "s", "out": "o"}
 
     monkeypatch.setattr(api, "study", fake_study)
-    monkeypatch.setattr(sys, "stdout", sys.stdout)  # ranks > 0 silence their stdout: put it back after
     jobs = list(range(23))
     for rank in range(3):
         monkeypatch.setenv("RANK", str(rank))

@@ -145,3 +145,20 @@ def test_corrupt_checkpoint_is_a_one_line_error(tmp_path, make_config):
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"garbage")
     with pytest.raises(RddError, match="not a readable checkpoint"):
         rdd_plugins.distill(out=tmp_path, resume=True, progress=False)
+
+
+def test_a_checkpoint_from_before_keyed_draws_is_refused(tmp_path, make_config):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    cfg = make_config()
+    cfg["distill"]["checkpoint_every"] = 1
+    rdd_plugins.distill(cfg, out=tmp_path / "run", progress=False, overrides={"distill": {"iterations": 2}})
+    path = tmp_path / "run" / "checkpoint.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    record = json.loads(meta["json"])
+    del record["draws"]  # what an rdd of the global random stream wrote
+    save_file(tensors, str(path), metadata={**meta, "json": json.dumps(record)})
+    with pytest.raises(rdd_plugins.RddError, match="random draws were not keyed by work"):
+        rdd_plugins.distill(out=tmp_path / "run", resume=True, progress=False)

@@ -269,12 +269,3 @@ def test_a_resumed_multi_batch_run_is_the_straight_run(make_config, tmp_path):
     straight_log, resumed_log = (json.loads((tmp_path / run / "history.json").read_text())["history"]
                                  for run in ("straight", "resumed"))
     assert [h["recover_loss"] for h in straight_log] == [h["recover_loss"] for h in resumed_log]
-
-
-def test_a_checkpoint_with_the_old_relabel_seed_is_refused(make_config):
-    distiller = sre2l(relabel_crops=2)
-    context = make_context(make_config)
-    state = distiller.init(context)
-    state["relabel_seed"] = 12345
-    with pytest.raises(rdd_plugins.RddError, match="earlier rdd"):
-        distiller.step(state, context)

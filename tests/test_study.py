@@ -95,6 +95,13 @@ def test_grid_expands_in_a_fixed_order_with_each_part_its_own_params():
     assert all(j.config.evaluate.epochs == 5 for j in jobs)
 
 
+def test_a_method_may_have_its_own_iteration_budget():
+    study = smoke_study()
+    study["grid"]["method"][1]["iterations"] = 7
+    budget = {j.method: j.config.distill.iterations for j in expand(load_study(study))}
+    assert budget == {"random": study["base"]["distill"]["iterations"], "gm+curvature": 7}
+
+
 def test_set_key_ignores_evaluate_and_evaluation_key_is_evaluate_alone(tmp_path):
     job = expand(load_study(GRID))[0]
     changed_eval = copy.deepcopy(GRID)
@@ -144,6 +151,7 @@ def _with(path: str, value):
     (_with("grid.method.1.regulariser", "none"), r"unknown key grid.method\[1\].regulariser"),
     (_with("base.evaluate.n_tests", 3), r"study \[base\]: unknown config key evaluate.'n_tests'"),
     (_with("grid.baseline", "dc"), "grid.baseline 'dc' names no method"),
+    (_with("grid.method.1.iterations", "many"), r"grid.method\[1\].iterations must be an integer >= 0"),
     (_with("grid.ipc", [2, 0]), "grid.ipc must hold integers >= 1"),
     (_with("grid.method.1.distiller", "gmm"), "unknown distiller 'gmm'"),
     (_with("grid.method.1.regularizer_params", {"lamda": 0.3}), "regularizer 'curvature'"),

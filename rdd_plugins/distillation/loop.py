@@ -23,6 +23,7 @@ from ..distributed.world import World, current_world, restart_count
 from ..errors import RddError
 from ..lifecycle import notify
 from ..progress import bar
+from ..randomness import forked_rng
 from ..registry import Registry
 from ..run.folder import CONFIG_FILE, HISTORY_FILE, StagedRun, check_no_foreign_files, check_writable, derived_folders
 from ..run.interrupt import stop_between_steps
@@ -78,11 +79,13 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
     started = time.perf_counter()
     with fail_together(world):
         if resume:
-            run = resume_run(output.read_from, device, resolved, iterations)
+            run = resume_run(output.read_from, device, resolved, iterations, judge_finished=world.is_main)
         else:
             run = Progress(distiller.init(context), 0, [])
-    if isinstance(run, DistilledSet):  # finished at this budget: its set, and what was derived, stay
-        return run
+    # finished at this budget: its set, and what was derived, stay. Rank 0 judges from the folder and
+    # every rank follows, so no rank iterates while another has returned.
+    if broadcast_from(isinstance(run, DistilledSet), world=world):
+        return run if isinstance(run, DistilledSet) else load_distilled(output.read_from)
     output.open(resolved)
     try:
         # -- iterate -------------------------------------------------------------------------------
@@ -187,14 +190,14 @@ def iteration_budget(distiller, config: RunConfig) -> int:
     return config.distill.iterations
 
 
-def resume_run(folder: Path, device: torch.device, resolved: dict,
-               iterations: int) -> Progress | DistilledSet:
+def resume_run(folder: Path, device: torch.device, resolved: dict, iterations: int,
+               judge_finished: bool = True) -> Progress | DistilledSet:
     """The run as its last checkpoint left it, random streams restored; its saved set instead when
-    it is finished at this budget."""
+    it is finished at this budget (judged only with ``judge_finished``: rank 0's call)."""
     completed, state, history, rng = load_checkpoint(folder, device, resolved)
     if completed > iterations:
         raise RddError(f"{folder} is at iteration {completed}; --iterations {iterations} cannot shorten it")
-    finished = _finished_set(folder, iterations) if completed == iterations else None
+    finished = _finished_set(folder, iterations) if completed == iterations and judge_finished else None
     if finished is not None:
         return finished
     restore_rng(rng)
@@ -268,7 +271,7 @@ def _plugins_ask_to_stop(run: Progress, distiller, context, config, iterations, 
                        # a fresh copy per call: a plugin that mutates it cannot touch the run
                        seconds=run.history[-1]["seconds"], config=config.to_dict(),
                        images=lambda: current_images(distiller, run.state, context))
-    with _forked_rng(context.device):
+    with forked_rng(context.device):
         answers = notify("rdd_distill_step", step=view)
     return any(r is True for r in answers)
 
@@ -320,13 +323,6 @@ def _non_finite(losses: dict[str, float], state: dict) -> str:
     return ", ".join(bad)
 
 
-def _forked_rng(device: torch.device):
-    """Plugins run under this: whatever they draw from torch's generators, the run's stream and
-    therefore resume (whose checkpoint holds the stream as it was before them) stay exact."""
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    return torch.random.fork_rng(devices=cuda)
-
-
 def current_images(distiller, state: dict, context: DistillContext) -> tuple[torch.Tensor, torch.Tensor]:
     """Fresh copies of the images and labels so far, for a plugin watching the run.
 
@@ -334,7 +330,7 @@ def current_images(distiller, state: dict, context: DistillContext) -> tuple[tor
     teacher on every crop view), else the first two tensors of ``result``. Under a forked RNG, so a
     plugin that looks (or not) never changes the run's random stream, and resume stays exact.
     """
-    with _forked_rng(context.device):
+    with forked_rng(context.device):
         show = getattr(distiller, "preview", None)
         tensors = show(state, context) if show is not None else distiller.result(state, context)[:2]
         return tuple(t.detach().clone() for t in tensors)

@@ -22,6 +22,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from ..errors import RddError
+from ..randomness import forked_rng
 from .autodiff import grad
 from .contract import Gradients, LossFn, Regularizer
 
@@ -59,10 +60,6 @@ def use_vmap(class_batching: str, device: torch.device) -> bool:
 Draws = Callable[[int], ContextManager] | None
 
 
-def _no_seeding(k: int) -> ContextManager:
-    return contextlib.nullcontext()
-
-
 def map_classes(fn, params: dict, images: torch.Tensor, labels: torch.Tensor, batched: bool,
                 chunk: int | None = None, draws: Draws = None) -> Gradients:
     """``fn(params, images[k], labels[k])`` for every class k, results stacked on a leading K axis.
@@ -72,7 +69,7 @@ def map_classes(fn, params: dict, images: torch.Tensor, labels: torch.Tensor, ba
     class: a regularizer drawing random numbers (PGD's random start) then draws what its class's key
     says when looped, and what the chunk's first class's key says under vmap.
     """
-    draws = draws or _no_seeding
+    draws = draws or (lambda k: contextlib.nullcontext())
     if not batched:
         per_class = []
         for k in range(images.shape[0]):
@@ -111,10 +108,10 @@ def real_class_gradients(regularizer: Regularizer, loss_fn: LossFn, params: dict
 
 
 def synthetic_class_gradients(loss_fn: LossFn, params: dict, images: torch.Tensor, labels: torch.Tensor,
-                              batched: bool = True, chunk: int | None = None) -> Gradients:
+                              batched: bool = True, chunk: int | None = None, draws: Draws = None) -> Gradients:
     """Per-class gradients of the synthetic batch, differentiable w.r.t. ``images``."""
     detached = {k: v.detach() for k, v in params.items()}
-    return map_classes(grad(loss_fn), detached, images, labels, batched, chunk)
+    return map_classes(grad(loss_fn), detached, images, labels, batched, chunk, draws)
 
 
 # The share of the device's available memory one chunk may take: the rest absorbs the allocator's
@@ -128,14 +125,6 @@ def classes_that_fit(budget_bytes: int, per_class_bytes: int, classes: int) -> i
     if per_class_bytes <= 0:
         return classes
     return max(0, min(classes, budget_bytes // per_class_bytes))
-
-
-def forked_rng(device: torch.device):
-    """torch's generators (the CPU's, and ``device``'s on CUDA) as they were, once the block ends."""
-    if device.type != "cuda":
-        return torch.random.fork_rng(devices=[])
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return torch.random.fork_rng(devices=[index])
 
 
 def cuda_class_chunk(regularizer: Regularizer, loss_fn: LossFn, params: dict, images: torch.Tensor,
@@ -241,17 +230,19 @@ def layerwise_distance(real: Gradients, synthetic: Gradients) -> torch.Tensor:
     return class_distances(real, synthetic).sum()
 
 
-def matching_loss(regularizer: Regularizer, loss_fn: LossFn, params: dict, real_images: torch.Tensor,
-                  real_labels: torch.Tensor, syn_images: torch.Tensor, syn_labels: torch.Tensor,
-                  batched: bool, chunk: int | None = None, draws: Draws = None) -> torch.Tensor:
+def matching_losses(regularizer: Regularizer, loss_fn: LossFn, params: dict, real_images: torch.Tensor,
+                    real_labels: torch.Tensor, syn_images: torch.Tensor, syn_labels: torch.Tensor,
+                    batched: bool, chunk: int | None = None, real_draws: Draws = None,
+                    syn_draws: Draws = None) -> torch.Tensor:
     """The gradient-matching objective per class (K,), differentiable w.r.t. ``syn_images``; its sum
     is DC's loss.
 
-    real (K, B, C, H, W), synthetic (K, IPC, C, H, W); the real side goes through ``regularizer``,
-    its random draws made under ``draws`` (see :func:`map_classes`).
+    real (K, B, C, H, W), synthetic (K, IPC, C, H, W); the real side goes through ``regularizer``.
+    Each side's random draws (a regularizer's random start, a backbone's dropout) are made under
+    ``real_draws`` and ``syn_draws`` (see :func:`map_classes`).
     ``chunk`` bounds the classes per vmap call on both sides. It bounds the real side's memory;
     the synthetic side keeps every class's graph for the backward pass, as the loop does.
     """
-    target = real_class_gradients(regularizer, loss_fn, params, real_images, real_labels, batched, chunk, draws)
-    synthetic = synthetic_class_gradients(loss_fn, params, syn_images, syn_labels, batched, chunk)
+    target = real_class_gradients(regularizer, loss_fn, params, real_images, real_labels, batched, chunk, real_draws)
+    synthetic = synthetic_class_gradients(loss_fn, params, syn_images, syn_labels, batched, chunk, syn_draws)
     return class_distances(target, synthetic)

@@ -3,7 +3,7 @@
 Ownership is a pure function of (number of items, number of ranks), so every rank knows who owns
 what without asking. Results are combined so that the sum of floats never depends on the number of
 ranks: each item's value is computed whole by its owner and *placed* (zeros elsewhere, one
-all-reduce: x + 0 is exact), then reduced in item order on every rank.
+all-reduce: x + 0 is x, up to the sign of a zero), then reduced in item order on every rank.
 """
 
 from __future__ import annotations
@@ -82,12 +82,10 @@ def fail_together(world: World | None = None):
     failed = [(rank, text) for rank, text in enumerate(reports) if text]
     if not failed:
         return
-    if error is None:
+    if error is None:  # another rank's: say which, unless every failed rank failed alike
         rank, text = failed[0]
-        error = RddError(f"rank {rank} failed: {text}" if len(failed) == 1 or reports.count(text) != len(failed)
-                         else text)
-        error.shared_with_rank_0 = True
-        raise error
+        alike = all(other == text for _, other in failed)
+        error = RddError(text if alike and len(failed) > 1 else f"rank {rank} failed: {text}")
     error.shared_with_rank_0 = True  # rank 0 knows of it and reports it: the CLI says it once
     raise error
 
@@ -98,9 +96,10 @@ def _one_line(error: Exception) -> str:
 
 
 def tensor_digest(tensors: list[torch.Tensor]) -> str:
+    """SHA-256 of the tensors' bytes, any dtype (bfloat16 has no numpy type: its bytes are read)."""
     digest = hashlib.sha256()
     for t in tensors:
-        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(t.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -154,14 +153,6 @@ def broadcast_tensors(tensors: list[torch.Tensor], src: int, world: World | None
         if not t.is_contiguous():
             raise RddError("broadcast_tensors needs contiguous tensors")
         dist.broadcast(t, src=src)
-
-
-def check_ranks_agree(value, what: str, world: World | None = None) -> None:
-    """Raise an RddError unless every rank has the same ``value`` (e.g. a decision each rank made
-    from its own view of the file system)."""
-    values = gather_to_all(value, world)
-    if any(v != values[0] for v in values):
-        raise RddError(f"the ranks disagree on {what}: {values}")
 
 
 def replica_checks(world: World | None = None) -> bool:

@@ -3,7 +3,9 @@
 ``torchrun --nproc_per_node=N rdd ...`` exports RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous
 address; :func:`start_world` joins the group when WORLD_SIZE > 1: NCCL with one GPU per rank
 (``LOCAL_RANK``) on CUDA, gloo on a CPU. Collectives time out (``RDD_DIST_TIMEOUT`` seconds,
-default 1800) instead of hanging when a rank has died without torchrun noticing.
+default 7200) instead of hanging when a rank has died without torchrun noticing. The limit must
+exceed the longest phase one rank runs while the others wait for it (training the one model of
+``rdd benchmark`` on rank 0, an evaluation model of the last round, a plugin's hook).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 from ..errors import RddError
 
-DEFAULT_TIMEOUT_S = 1800
+DEFAULT_TIMEOUT_S = 7200
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,13 @@ def _timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
-def start_world(device: str = "auto") -> World:
+def start_world() -> World:
     """Join torchrun's process group when WORLD_SIZE > 1 (once per process); the world either way.
 
-    ``device`` is the command's ("auto", "cpu", "cuda"): CUDA ranks take GPU ``LOCAL_RANK`` and talk
-    over NCCL, CPU ranks over gloo. A plain ``rdd`` (no torchrun) stays one process.
+    With CUDA present each rank takes GPU ``LOCAL_RANK`` (so "cuda" is its own GPU for every tensor)
+    and the group has both backends, NCCL for CUDA tensors and gloo for CPU ones: whichever device
+    the command resolves to, its collectives have a backend. Without CUDA, gloo. A plain ``rdd``
+    (no torchrun) stays one process.
     """
     global _world
     import torch.distributed as dist
@@ -97,20 +101,20 @@ def start_world(device: str = "auto") -> World:
         raise RddError(f"WORLD_SIZE={size} but {', '.join(missing)} is not set; launch with "
                        f"torchrun --nproc_per_node={size} $(which rdd) ...")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    cuda = device == "cuda" or device.startswith("cuda:") or (device == "auto" and torch.cuda.is_available())
-    if cuda:
-        if not torch.cuda.is_available():
-            raise RddError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    backend = "gloo"
+    if torch.cuda.is_available():
         if local_rank >= torch.cuda.device_count():
             raise RddError(f"LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} GPU(s); "
                            f"start at most that many processes per node")
-        torch.cuda.set_device(local_rank)  # "cuda" now means this rank's GPU, for every tensor
+        torch.cuda.set_device(local_rank)
+        backend = "cpu:gloo,cuda:nccl"
     timeout = _timeout()
-    # torchrun's agent keeps one store across --max-restarts: without a prefix per attempt a restarted
-    # rank could read a dead rank's address from the attempt before and fail to connect
+    # torchrun's agent keeps its store across --max-restarts; with torch 2.14, restarted ranks that
+    # registered under the same keys as the attempt before failed to connect (a dead rank's address
+    # was read): a prefix per attempt keeps each attempt's keys apart.
     store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
     store = dist.PrefixStore(f"rdd/attempt-{restart_count()}", store)
-    dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=rank, world_size=size, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
     _world = World(rank, size, local_rank)
     return _world
 

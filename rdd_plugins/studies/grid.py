@@ -16,7 +16,7 @@ from ..errors import RddError
 
 STUDY_KEYS = ("base", "grid")
 GRID_KEYS = ("dataset", "ipc", "seed", "method", "baseline")
-METHOD_KEYS = ("name", "distiller", "regularizer", "params", "regularizer_params", "backbone_params")
+METHOD_KEYS = ("name", "distiller", "regularizer", "params", "regularizer_params", "backbone_params", "iterations")
 DATASET_KEYS = ("name", "params")
 
 
@@ -31,6 +31,7 @@ class Method:
     params: dict | None = None
     regularizer_params: dict | None = None
     backbone_params: dict = field(default_factory=dict)
+    iterations: int | None = None  # the base's when None (sre2l's recover steps differ from gm's iterations)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,8 @@ def job_config(study: Study, dataset: Dataset, ipc: int, method: Method, seed: i
         params=_own_params(method.params, distiller, base.distill.distiller, base.distill.params),
         regularizer_params=_own_params(method.regularizer_params, regularizer, base.distill.regularizer,
                                        base.distill.regularizer_params))
+    if method.iterations is not None:
+        cfg["distill"]["iterations"] = method.iterations
     # One backbone for all methods: a method's keys add to the base's (sre2l: norm = "batch").
     cfg["backbone"]["params"] = {**base.backbone.params, **method.backbone_params}
     try:
@@ -202,7 +205,11 @@ def _methods(value, base: RunConfig) -> list[Method]:
         for key in ("params", "regularizer_params", "backbone_params"):
             if key in entry:
                 _table(entry[key], f"{where}.{key}")
+        iterations = entry.get("iterations")
+        if iterations is not None and (isinstance(iterations, bool) or not isinstance(iterations, int)
+                                       or iterations < 0):
+            raise RddError(f"{where}.iterations must be an integer >= 0, got {iterations!r}")
         methods.append(Method(name, entry.get("distiller"), entry.get("regularizer"), entry.get("params"),
-                              entry.get("regularizer_params"), entry.get("backbone_params", {})))
+                              entry.get("regularizer_params"), entry.get("backbone_params", {}), iterations))
     _no_repeats([m.name for m in methods], "grid.method names")
     return methods

@@ -9,6 +9,7 @@ rank by the test). With 2 ranks also ``by-rank``: a gm run whose draws are seede
 negative control the equality test must catch.
 MODE ``die``: the gm run of ``runs``, with rank 1 killed (SIGKILL) after its second iteration the
 first time; ``torchrun --max-restarts=1`` starts both ranks again and the run continues.
+MODE ``fail``: rank 1 cannot load its data; both ranks must stop with that one error.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from conftest import tiny_config  # noqa: E402
 
 from rdd_plugins import cli, config as config_io  # noqa: E402
 from rdd_plugins.distributed.world import current_world, restart_count, start_world  # noqa: E402
+from rdd_plugins.errors import RddError  # noqa: E402
 
 BN = {"name": "convnet", "params": {"width": 8, "depth": 2, "norm": "batch"}}
 DISTILL = {
@@ -116,8 +118,24 @@ def die(out: Path) -> None:
         (out / "restarts.json").write_text(json.dumps({"restart_count": restart_count()}))
 
 
+def fail(out: Path) -> None:
+    """Rank 1 alone cannot read its data: every rank must stop, rank 0 saying why, once."""
+    from rdd_plugins.distillation import loop
+
+    load = loop.load_split
+
+    def load_or_fail(registry, cfg, split):
+        if current_world().rank == 1:
+            raise RddError("the disk of rank 1 is unreadable")
+        return load(registry, cfg, split)
+
+    loop.load_split = load_or_fail
+    code = cli.main(["distill", "--config", str(write_config(out, "gm")), "--out", str(out / "gm"), "--no-progress"])
+    (out / f"exit-{current_world().rank}.json").write_text(json.dumps({"code": code}))
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)  # the same arithmetic in every process, whatever the number of ranks
     target, mode = Path(sys.argv[1]), sys.argv[2]
-    start_world("cpu")
-    {"runs": runs, "die": die}[mode](target)
+    start_world()
+    {"runs": runs, "die": die, "fail": fail}[mode](target)

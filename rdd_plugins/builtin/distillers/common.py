@@ -31,12 +31,13 @@ def random_real_indices(context: DistillContext, per_class: int, who: str) -> to
 
 
 def combine_classes(context: DistillContext, own: range, latent: torch.Tensor, grad: torch.Tensor | None,
-                    per_class: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                    per_class: torch.Tensor | None, *, shared: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(the gradient w.r.t. ``latent`` of every class, the loss of every class (K,)) on every rank,
     from this rank's classes ``own``: their gradient rows (``grad``, zero elsewhere, None when it owns
-    none) and their losses. One all-reduce of both, which places each class's values exactly as its
-    owner computed them (rdd_plugins/distributed/work.py). One process, or a step every rank
-    computed whole (``own`` is all classes, not this rank's block), merges nothing."""
+    none) and their losses. ``shared``: the ranks shared the classes out (``own`` is this rank's
+    block), and one all-reduce of both places each class's values exactly as its owner computed
+    them (rdd_plugins/distributed/work.py); otherwise every rank computed every class and nothing
+    is merged. Every rank of a step must pass the same ``shared``: the merge is a collective."""
     from ...distributed.work import merge_disjoint
 
     k = context.num_classes
@@ -44,7 +45,7 @@ def combine_classes(context: DistillContext, own: range, latent: torch.Tensor, g
     grad = torch.zeros_like(latent) if grad is None else grad
     if per_class is not None and len(own):
         losses[own.start:own.stop] = per_class.detach()
-    if not context.world.distributed or own != context.own_classes():
+    if not shared or not context.world.distributed:
         return grad, losses
     merged = merge_disjoint(torch.cat([grad.flatten(), losses]), context.world)
     return merged[:-k].view_as(latent), merged[-k:]
@@ -62,6 +63,12 @@ def first_images_of_classes(context: DistillContext, classes: int, per_class: in
 
 def has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def has_random_layers(model: nn.Module) -> bool:
+    """Dropout, or a timm-style DropPath / DropBlock: layers that draw in train mode, per batch."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) or type(m).__name__.startswith("Drop")
+               for m in model.modules())
 
 
 def registered_name(part: object, kind: str = "regularizers") -> str:

@@ -6,7 +6,7 @@ import torch
 
 from ...distillation.contract import DistillContext
 from ...errors import RddError
-from .common import SyntheticImages, combine_classes, dataset_stats, embed, has_batch_norm
+from .common import SyntheticImages, combine_classes, dataset_stats, embed, has_batch_norm, has_random_layers
 from .dsa import DSA_STRATEGY, SiameseAugment
 
 
@@ -18,7 +18,7 @@ class DistributionMatching:
     DSA's siamese augmentation of each class's real and synthetic batch before embedding them
     (``strategy``, DM's default ``color_crop_cutout_flip_scale_rotate``; ``"none"`` turns it off).
     The regularizer does not apply (no parameter-gradient is matched). On several ranks the classes
-    are shared out as in ``gm`` (all of them on every rank when the backbone has BatchNorm).
+    are shared out as in ``gm`` (all of them on every rank when the backbone has BatchNorm or dropout).
     """
 
     iterations_needed = True
@@ -40,9 +40,11 @@ class DistributionMatching:
         net.train()
         for p in net.parameters():
             p.requires_grad_(False)
-        # With BatchNorm in train mode every class's embedding depends on the whole batch: such a
-        # step cannot be shared out by class, so every rank computes all of it.
-        own = range(k) if has_batch_norm(net) else context.own_classes()
+        # With BatchNorm in train mode every class's embedding depends on the whole batch, and with
+        # dropout its masks on the batch's make-up: such a step cannot be shared out by class, so
+        # every rank computes all of it.
+        shared = not (has_batch_norm(net) or has_random_layers(net))
+        own = context.own_classes() if shared else range(k)
         latent, syn = self.images.leaf(state, context)
         g_latent = per_class = None
         if len(own):
@@ -51,12 +53,13 @@ class DistributionMatching:
             if self.augment is not None:
                 generators = [context.generator("augment", it, c) for c in own]
                 real_x, syn = self.augment.per_class(real_x, syn, *dataset_stats(context), generators)
-            with torch.no_grad():
-                real_mean = embed(net, real_x.flatten(0, 1)).view(len(own), real_x.shape[1], -1).mean(1)
-            syn_mean = embed(net, syn.flatten(0, 1)).view(len(own), syn.shape[1], -1).mean(1)
+            with context.seeded("embed", it):  # a backbone's dropout: the same masks on a resume
+                with torch.no_grad():
+                    real_mean = embed(net, real_x.flatten(0, 1)).view(len(own), real_x.shape[1], -1).mean(1)
+                syn_mean = embed(net, syn.flatten(0, 1)).view(len(own), syn.shape[1], -1).mean(1)
             per_class = ((real_mean - syn_mean) ** 2).sum(1)
             (g_latent,) = torch.autograd.grad(per_class.sum(), latent)
-        g_latent, losses = combine_classes(context, own, latent, g_latent, per_class)
+        g_latent, losses = combine_classes(context, own, latent, g_latent, per_class, shared=shared)
         self.images.step(state, context, g_latent)
         return {"dm_loss": float(losses.sum()) / k}
 

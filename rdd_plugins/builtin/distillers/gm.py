@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...distillation.contract import DistillContext
-from ...distillation.matching import (check_regularizer_vmaps, cuda_class_chunk, forked_rng, make_loss_fn,
-                                      matching_loss, trainable_params, use_vmap)
+from ...distillation.matching import (check_regularizer_vmaps, cuda_class_chunk, make_loss_fn,
+                                      matching_losses, trainable_params, use_vmap)
 from ...distributed.work import replica_checks, same_everywhere
 from ...errors import RddError
+from ...randomness import forked_rng
 from .common import SyntheticImages, combine_classes, first_images_of_classes, has_batch_norm, registered_name
 
 # DC's (outer_loop, inner_loop) by images per class.
@@ -35,7 +36,7 @@ def _freeze_batch_norm_on_real(net: nn.Module, context: DistillContext, key: tup
     Every rank draws the same batch (``key``), so the statistics agree."""
     real_x, _ = context.real_batch(16, key=key)
     net.train()
-    with torch.no_grad():
+    with torch.no_grad(), context.seeded("forward", *key):  # a backbone's dropout, the same everywhere
         net(real_x.flatten(0, 1))
     _fix_batch_norm(net)
 
@@ -72,6 +73,11 @@ class GradientMatching:
     :meth:`init`, whatever the batching. Images live in normalized units and are projected onto
     [0, 1] when ``clamp`` (see :class:`SyntheticImages`).
 
+    ``regularize_inner`` (default false, DC's): the inner loop trains the network with the run's
+    regularizer too (its parameter gradient on each synthetic minibatch instead of plain
+    cross-entropy's), so the images are matched along the trajectory of a robustly trained
+    network rather than of a plainly trained one. An option to test (docs/study.md), not GUARD's.
+
     On several ranks each takes a block of classes: it draws their real batches, matches them and
     computes their image gradients; one all-reduce per outer step gives every rank every class's
     gradient and loss, every rank steps all images alike and trains the same inner-loop network.
@@ -84,7 +90,7 @@ class GradientMatching:
     def __init__(self, *, lr_img: float = 0.1, momentum_img: float = 0.5, lr_net: float = 0.01,
                  batch_real: int = 256, batch_train: int = 256, outer_loop: int | None = None,
                  inner_loop: int | None = None, init: str = "real", clamp: bool = True,
-                 class_batching: str = "auto", class_chunk: int = 0) -> None:
+                 class_batching: str = "auto", class_chunk: int = 0, regularize_inner: bool = False) -> None:
         if lr_net <= 0 or min(batch_real, batch_train) <= 0:
             raise RddError("gm: lr_net and batch sizes must be positive")
         if (outer_loop is not None and outer_loop < 1) or (inner_loop is not None and inner_loop < 0):
@@ -97,6 +103,9 @@ class GradientMatching:
         if class_chunk < 0:
             raise RddError(f"gm: class_chunk must be >= 0 (0: auto), got {class_chunk}")
         self.class_chunk = class_chunk
+        if not isinstance(regularize_inner, bool):
+            raise RddError(f"gm: regularize_inner must be true or false, got {regularize_inner!r}")
+        self.regularize_inner = regularize_inner
         self._cuda_chunk: int | None = None  # auto's chunk on CUDA, once measured
 
     def init(self, context: DistillContext) -> dict:
@@ -130,12 +139,13 @@ class GradientMatching:
                 real_x, own_syn = self.prepare_batches(real_x, syn[own.start:own.stop], context,
                                                        key=("augment", it, outer), classes=own)
                 batched, chunk = self._class_batching(context, loss_fn, params, real_x, real_y)
-                per_class = matching_loss(context.regularizer, loss_fn, params, real_x, real_y, own_syn,
-                                          own_labels, batched, chunk,
-                                          draws=lambda i: context.seeded("regularizer", it, outer, own[i]))
+                per_class = matching_losses(context.regularizer, loss_fn, params, real_x, real_y, own_syn,
+                                            own_labels, batched, chunk,
+                                            real_draws=lambda i: context.seeded("real-side", it, outer, own[i]),
+                                            syn_draws=lambda i: context.seeded("synthetic-side", it, outer, own[i]))
                 (g_latent,) = torch.autograd.grad(per_class.sum(), latent)
             # -- every class's gradient on every rank, then the same step everywhere -----------------
-            g_latent, losses = combine_classes(context, own, latent, g_latent, per_class)
+            g_latent, losses = combine_classes(context, own, latent, g_latent, per_class, shared=True)
             self.images.step(state, context, g_latent)
             total += float(losses.sum())  # in class order, whatever the ranks
             if has_bn:
@@ -171,10 +181,31 @@ class GradientMatching:
             for batch, start in enumerate(range(0, n, self.batch_train)):
                 idx = order[start:start + self.batch_train]
                 shown = self.train_batch(images[idx], context, key=("inner-augment", *key, epoch, batch))
-                loss = F.cross_entropy(net(shown), labels[idx])
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # every rank trains this network alike: a backbone's dropout, a regularizer's random
+                # start draw what the minibatch's key says
+                with context.seeded("inner-forward", *key, epoch, batch):
+                    if self.regularize_inner:
+                        self._regularized_gradient(net, shown, labels[idx], context)
+                    else:
+                        F.cross_entropy(net(shown), labels[idx]).backward()
                 optimizer.step()
+
+    @staticmethod
+    def _regularized_gradient(net, images, labels, context: DistillContext) -> None:
+        """The run's regularizer's parameter gradient on one minibatch, into the parameters' ``.grad``.
+
+        The regularizer may run the loss several times (x, x + z, PGD steps): those passes update
+        copies of any BatchNorm statistics, and one plain forward then updates the network's own
+        once, as a cross-entropy step would."""
+        params = {name: p.detach() for name, p in trainable_params(net).items()}
+        copies = {name: b.clone() for name, b in net.named_buffers()}
+        grads = context.regularizer.parameter_gradient(make_loss_fn(net, copies), params, images, labels)
+        if copies:
+            with torch.no_grad():
+                net(images)
+        for name, p in trainable_params(net).items():
+            p.grad = grads[name].detach()
 
     def prepare_batches(self, real_x: torch.Tensor, syn: torch.Tensor, context: DistillContext, *,
                         key: tuple, classes: range):

@@ -65,14 +65,6 @@ def recover_layout(num_classes: int, ipc: int, batch: int) -> list[torch.Tensor]
             for j0 in range(0, ipc, per)]
 
 
-def _refuse_seed_checkpoint(state: dict) -> None:
-    """A state from before draws were keyed by work (its relabel views from one seed it kept) began
-    with other draws than it would continue with."""
-    if "relabel_seed" in state:
-        raise RddError("this sre2l checkpoint was written by an earlier rdd (relabel views from one seed); "
-                       "run it again from the start (rdd distill without --resume)")
-
-
 class SqueezeRecoverRelabel:
     """Squeeze: train a teacher on the real data for ``teacher_epochs`` (SGD, momentum 0.9, BatchNorm
     in train mode), its loss regularized by the run's regularizer (``none``: SRe2L; ``curvature`` /
@@ -229,7 +221,6 @@ class SqueezeRecoverRelabel:
     # -- recover ---------------------------------------------------------------------------------------
 
     def step(self, state: dict, context: DistillContext) -> dict[str, float]:
-        _refuse_seed_checkpoint(state)
         teacher = self._teacher(state, context)
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -315,7 +306,6 @@ class SqueezeRecoverRelabel:
 
     def result(self, state: dict, context: DistillContext):
         """On several ranks every rank must call this (the views' labels are merged across ranks)."""
-        _refuse_seed_checkpoint(state)
         images, labels = self.preview(state, context)
         teacher = self._teacher(state, context)
         if not self.relabel_crops:  # one forward: every rank computes it
