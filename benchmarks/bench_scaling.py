@@ -100,15 +100,8 @@ def worker(out: Path, device: str) -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     world = start_world()
     counter = ByteCounter()
-    class IterationTimer:
-        """An in-process plugin: each finished iteration's seconds, as the loop reports them (rank 0)."""
-
-        def __init__(self) -> None:
-            self.seconds: list[float] = []
-
-        @rdd_plugins.hookimpl
-        def rdd_distill_step(self, step):
-            self.seconds.append(step.seconds)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_iteration import IterationTimer  # each iteration's seconds, from the loop's hook (rank 0)
 
     timer = IterationTimer()
     register_plugin(timer, "bench-scaling-timer")

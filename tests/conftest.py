@@ -41,6 +41,17 @@ def make_config():
     return tiny_config
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: on tiny models a second one only waits on a busy CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_plugins():
     """Each test sees freshly loaded plugins and leaves none registered behind."""

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from rdd_plugins.distributed.work import block_of, dealt_to, fail_together, merge_disjoint
 from rdd_plugins.distributed.world import World
 from rdd_plugins.errors import RddError
+from rdd_plugins.evaluation.metrics import without_timings
 from rdd_plugins.randomness import work_generator, work_seed
 
 SCENARIO = Path(__file__).parent / "distributed" / "scenario.py"
@@ -80,14 +81,6 @@ def runs(tmp_path_factory):
 
 def tensors(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "images.safetensors"))
-
-
-def without_timings(value):
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if not k.endswith("seconds")}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
 
 
 def history(folder: Path) -> list:

@@ -23,13 +23,7 @@ from rdd_plugins.evaluation import pipeline, robust
 from rdd_plugins.evaluation.robust import attack_batches, clean_correct, robust_correct
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: a second intra-op thread only waits on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only waits
 
 
 def _collectives_alone(m) -> None:

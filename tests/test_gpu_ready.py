@@ -16,6 +16,7 @@ from rdd_plugins.config import config_from_dict, resolve, to_toml
 from rdd_plugins.distillation import loop
 from rdd_plugins.errors import RddError
 from rdd_plugins.evaluation import pipeline
+from rdd_plugins.evaluation.metrics import without_timings
 from rdd_plugins.runtime import Numerics
 
 DETERMINISTIC_FP32 = {"deterministic": True, "tf32": False}
@@ -94,14 +95,6 @@ def test_evaluation_allows_tf32_times_every_phase_through_the_device_clock_and_r
         assert seed["train_seconds"] == 1.0 and seed["clean_seconds"] == 1.0
         assert {r["seconds"] for per_eps in seed["attacks"].values() for r in per_eps.values()} == {1.0}
     assert Numerics.current() == numerics
-
-
-def without_timings(value):
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if not k.endswith("seconds")}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
 
 
 def test_tf32_and_deterministic_switches_change_no_evaluation_number_on_cpu(make_config):

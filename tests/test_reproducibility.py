@@ -1,6 +1,7 @@
 import torch
 
 import rdd_plugins
+from rdd_plugins.evaluation.metrics import without_timings
 
 
 def test_same_seed_gives_identical_images_on_cpu(make_config):
@@ -20,15 +21,6 @@ def test_distillation_moves_the_images_and_keeps_them_in_range(make_config):
     assert not torch.equal(start.images, end.images)
     assert float(end.images.min()) >= 0.0 and float(end.images.max()) <= 1.0
     assert end.labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
-
-
-def without_timings(value):
-    """Everything but wall-clock fields, which legitimately differ between runs."""
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if not k.endswith("seconds")}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
 
 
 def test_same_seed_gives_identical_evaluation(make_config, tmp_path):

@@ -34,6 +34,9 @@ class DistillContext:
     def __post_init__(self) -> None:
         labels = self.train.labels
         self.class_indices = [torch.nonzero(labels == c).flatten() for c in range(self.train.num_classes)]
+        # the same on the CPU, where keyed batches are drawn: a batch's picks then reach the device
+        # in one copy, not one per class
+        self._class_indices_cpu = [ix.cpu() for ix in self.class_indices]
 
     @property
     def num_classes(self) -> int:
@@ -51,15 +54,16 @@ class DistillContext:
         """
         n = min(per_class, min(len(ix) for ix in self.class_indices))
         classes = range(self.num_classes) if classes is None else classes
-
-        def permutation(c: int) -> torch.Tensor:
-            ix = self.class_indices[c]
-            if key is None:
-                return torch.randperm(len(ix), device=ix.device)
-            # drawn on the CPU: the same picks on every device type, and no generator per GPU
-            return torch.randperm(len(ix), generator=work_generator(self.seed, *key, c)).to(ix.device)
-
-        picks = torch.stack([self.class_indices[c][permutation(c)[:n]] for c in classes])
+        if key is None:
+            picks = torch.stack([self.class_indices[c][torch.randperm(len(self.class_indices[c]),
+                                                                      device=self.class_indices[c].device)[:n]]
+                                 for c in classes])
+        else:
+            # drawn on the CPU: the same picks on every device type, no generator per GPU, no kernel
+            # launch per class, and one copy of all picks to the device
+            picks = torch.stack([ix[torch.randperm(len(ix), generator=work_generator(self.seed, *key, c))[:n]]
+                                 for c, ix in ((c, self._class_indices_cpu[c]) for c in classes)])
+            picks = picks.to(self.train.images.device)
         return self.train.images[picks], self.train.labels[picks]
 
     def generator(self, *key) -> torch.Generator:

@@ -318,8 +318,13 @@ def save_run(folder: Path, result: DistilledSet, history: list) -> None:
 
 def _non_finite(losses: dict[str, float], state: dict) -> str:
     bad = [f"{k}={v}" for k, v in losses.items() if not math.isfinite(v)]
-    bad += [f"state {k}" for k, v in state.items()
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    floats = {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    by_device: dict[torch.device, list[str]] = {}
+    for k, v in floats.items():
+        by_device.setdefault(v.device, []).append(k)
+    for names in by_device.values():  # one read per device, not one per tensor (a GPU waits for each)
+        finite = torch.stack([torch.isfinite(floats[k]).all() for k in names]).tolist()
+        bad += [f"state {k}" for k, ok in zip(names, finite) if not ok]
     return ", ".join(bad)
 
 

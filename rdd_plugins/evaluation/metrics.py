@@ -68,3 +68,13 @@ def robustness_indices(clean: list[float], attacked: list[float], clean_seconds:
         out["CREI"] = round((alpha * rr + (1 - alpha) * ae) * 100, 3)
         out["alpha"] = alpha
     return out
+
+
+def without_timings(value):
+    """A result (a results.json row, a per-seed record, a history) without its wall-clock fields,
+    the keys ending in "seconds": what reruns, processes and ranks must agree on."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if not k.endswith("seconds")}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
