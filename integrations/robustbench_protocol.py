@@ -25,7 +25,6 @@ import functools
 import sys
 import warnings
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from rdd_plugins.errors import RddError
