@@ -124,9 +124,10 @@ def run_quickstart(out: str | Path = "runs/quickstart", overrides: dict | None =
         folder = out / "sets" / label.replace("+", "_")
         t0 = time.perf_counter()
         # rank 0 decides from the folder, so every rank takes the same path
-        reused, resumable = broadcast_from((_finished_set(folder, cfg) is not None, _resumable(folder, cfg))
-                                           if world.is_main else None, world=world)
-        distilled = load_distilled(folder) if reused else None
+        found = _finished_set(folder, cfg) if world.is_main else None
+        reused, resumable = broadcast_from((found is not None, _resumable(folder, cfg)) if world.is_main else None,
+                                           world=world)
+        distilled = found if found is not None or not reused else load_distilled(folder)  # rank 0 read it once
         if distilled is None:  # the quickstart owns its sets' folders: a stale one is replaced
             distilled = run_distillation(cfg, registry, folder, progress=progress, resume=resumable,
                                          overwrite=True)

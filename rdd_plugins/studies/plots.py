@@ -22,8 +22,16 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def _save_and_close(plt, fig, path: Path) -> None:
+    fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def _finish_panel(ax) -> None:
+    """The style every panel shares: a light grid and a small legend."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def _slug(text: str) -> str:
@@ -51,12 +59,9 @@ def robust_vs_eps(plt, groups: list[dict], path: Path) -> None:
                         marker="o", capsize=3, label=m["method"])
         ax.set(xlabel=_eps_label(threat), ylabel="accuracy (%)", title=f"IPC {group['ipc']}, {group['backbone']}")
         ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _finish_panel(ax)
     fig.suptitle(f"{groups[0]['dataset']}: worst-case robust accuracy (mean ± std over seeds)", fontsize=10)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    _save_and_close(plt, fig, path)
 
 
 def _common_eps(groups: list[dict]) -> tuple[str, str] | None:
@@ -90,11 +95,8 @@ def robust_vs_ipc(plt, groups: list[dict], path: Path) -> bool:
         ax.set(xlabel="images per class", ylabel=f"robust accuracy at {column} (%)",
                title=f"{mine[0]['dataset']}, {backbone}")
         ax.set_xscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+        _finish_panel(ax)
+    _save_and_close(plt, fig, path)
     return True
 
 
@@ -121,11 +123,8 @@ def robust_vs_seconds(plt, groups: list[dict], path: Path) -> bool:
     ax.set_xscale("log")  # selecting a subset and distilling differ by orders of magnitude
     ax.set(xlabel="distillation (s)", ylabel=f"robust accuracy at {column} (%)",
            title=f"{groups[0]['dataset']}: robustness for the time spent")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    _finish_panel(ax)
+    _save_and_close(plt, fig, path)
     return True
 
 
