@@ -1,5 +1,6 @@
 """dm, random and herding on generated data: they run, improve what they optimise, stay in range."""
 
+import copy
 import json
 
 import pytest
@@ -282,3 +283,48 @@ def test_regularize_inner_trains_the_inner_network_with_the_regularizer(make_con
     assert not torch.equal(plain, regularized)
     with pytest.raises(rdd_plugins.RddError, match="regularize_inner must be true or false"):
         rdd_plugins.get_registry().create("distillers", distiller, regularize_inner="yes")
+
+
+def _guard_squeeze_gradient(teacher, images, labels, h, lam):
+    """GUARD's released squeeze step written out with nn.Module modes: cross-entropy in train mode,
+    then z, ℓ(x) and ℓ(x + z) in eval mode (running statistics), curvature's absolute form."""
+    teacher.train()
+    loss = torch.nn.functional.cross_entropy(teacher(images), labels)
+    teacher.eval()
+    x = images.clone().requires_grad_(True)
+    (g_x,) = torch.autograd.grad(torch.nn.functional.cross_entropy(teacher(x), labels), x)
+    z = h * g_x / g_x.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    penalty = lam * (torch.nn.functional.cross_entropy(teacher(images + z), labels)
+                     - torch.nn.functional.cross_entropy(teacher(images), labels)).abs()
+    teacher.train()
+    params = [p for p in teacher.parameters()]
+    return torch.autograd.grad(loss + penalty, params)
+
+
+@pytest.mark.parametrize("statistics", ["running", "batch"])
+def test_sre2l_squeeze_regularizer_statistics(make_config, statistics):
+    # GUARD computes its curvature term with the teacher in eval mode; "batch" keeps every pass in
+    # train mode. Running statistics far from the batch's make the two differ measurably.
+    context = _sre2l_context(make_config, "curvature")
+    distiller = rdd_plugins.get_registry().create("distillers", "sre2l", teacher_epochs=1, batch_size=32,
+                                                  regularizer_statistics=statistics)
+    teacher = context.make_model()
+    for bn in (m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_mean.fill_(0.3)
+        bn.running_var.fill_(2.0)
+    params = dict(teacher.named_parameters())
+    idx = torch.arange(32)
+    ours = distiller._teacher_gradient(teacher, params, [idx], context, (0, 0))
+    images, labels = context.train.images[idx], context.train.labels[idx]
+    reg = context.regularizer
+    guard = _guard_squeeze_gradient(copy.deepcopy(teacher), images, labels, reg.h, reg.lam)
+    guard = dict(zip(params, guard))
+    close = [torch.allclose(ours[name], guard[name], atol=1e-5) for name in params]
+    assert all(close) if statistics == "running" else not all(close)
+    bn = next(m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert float(bn.running_mean.mean()) == pytest.approx(0.3)  # the passes leave the teacher's own alone
+
+
+def test_sre2l_regularizer_statistics_is_checked():
+    with pytest.raises(rdd_plugins.RddError, match="regularizer_statistics"):
+        rdd_plugins.get_registry().create("distillers", "sre2l", regularizer_statistics="eval")

@@ -4,22 +4,39 @@ the teacher's training loss it is GUARD's published pipeline (``--regularizer cu
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...crops import apply_crop_boxes, sample_crop_boxes
+from ...distillation.autodiff import grad
 from ...distillation.contract import DistillContext
 from ...distillation.matching import make_loss_fn, trainable_params
 from ...distributed.work import dealt_to, merge_disjoint, replica_checks, same_everywhere
 from ...errors import RddError
 from ...progress import bar, context_progress
+from ..regularizers import NoRegularizer
 from .common import class_major_labels, dataset_stats, project_to_pixels
 
 
 def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+REGULARIZER_STATISTICS = ("running", "batch")
+
+
+@contextmanager
+def _eval_mode(model: nn.Module):
+    """``model`` in eval mode (BatchNorm reads its running statistics) for the block, then as it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def random_resized_crop(images: torch.Tensor, min_scale: float, generator: torch.Generator) -> torch.Tensor:
@@ -68,7 +85,11 @@ def recover_layout(num_classes: int, ipc: int, batch: int) -> list[torch.Tensor]
 class SqueezeRecoverRelabel:
     """Squeeze: train a teacher on the real data for ``teacher_epochs`` (SGD, momentum 0.9, BatchNorm
     in train mode), its loss regularized by the run's regularizer (``none``: SRe2L; ``curvature`` /
-    ``cure``: GUARD).
+    ``cure``: GUARD). ``regularizer_statistics = "running"`` (default) is GUARD's released squeeze:
+    the training loss sees the batch's BatchNorm statistics, the regularizer's term (its gradient
+    less the plain loss's: for ``curvature`` z, ℓ(x) and ℓ(x + z)) is computed in eval mode, with the
+    running statistics. ``"batch"`` runs every pass of the regularizer with its batch's statistics
+    (this package's behaviour before; docs/decisions.md compares them).
     Recover: each iteration is one Adam step (lr 0.25, betas 0.5/0.9, SRe2L's) on all synthetic
     images, from noise, minimising cross-entropy of the teacher plus ``r_bn`` × the distance of the
     images' per-layer BatchNorm statistics to the teacher's running statistics; after each step
@@ -107,7 +128,7 @@ class SqueezeRecoverRelabel:
     def __init__(self, *, teacher_epochs: int = 2, teacher_lr: float = 0.01, batch_size: int = 256,
                  lr_img: float = 0.25, r_bn: float = 0.01, crop_min_scale: float = 0.0,
                  relabel_crops: int = 50, relabel_min_scale: float = 0.08, recover_batch: int = 100,
-                 teacher_shards: int = 1) -> None:
+                 teacher_shards: int = 1, regularizer_statistics: str = "running") -> None:
         if teacher_epochs < 1 or teacher_lr <= 0 or batch_size < 1 or lr_img <= 0 or r_bn < 0:
             raise RddError("sre2l: teacher_epochs >= 1, teacher_lr > 0, batch_size >= 1, lr_img > 0, r_bn >= 0")
         if not 0.0 <= crop_min_scale <= 1.0:
@@ -122,7 +143,11 @@ class SqueezeRecoverRelabel:
         self.teacher_epochs, self.teacher_lr, self.batch_size = teacher_epochs, teacher_lr, batch_size
         self.lr_img, self.r_bn, self.crop_min_scale = lr_img, r_bn, crop_min_scale
         self.relabel_crops, self.relabel_min_scale = relabel_crops, float(relabel_min_scale)
+        if regularizer_statistics not in REGULARIZER_STATISTICS:
+            raise RddError(f"sre2l: regularizer_statistics must be one of {REGULARIZER_STATISTICS}, "
+                           f"got {regularizer_statistics!r}")
         self.recover_batch, self.teacher_shards = recover_batch, teacher_shards
+        self.regularizer_statistics = regularizer_statistics
 
     def _teacher(self, state: dict, context: DistillContext) -> nn.Module:
         net = context.make_model()
@@ -195,11 +220,24 @@ class SqueezeRecoverRelabel:
         images, labels = context.train.images, context.train.labels
         detached = {n: p.detach() for n, p in params.items()}
 
+        regularizer = context.regularizer
+        split = self.regularizer_statistics == "running" and not isinstance(regularizer, NoRegularizer)
+
         def gradient(s: int) -> dict[str, torch.Tensor]:
+            x, y = images[slices[s]], labels[slices[s]]
             copies = {name: b.clone() for name, b in teacher.named_buffers()}  # the passes update these
             with context.seeded("squeeze-regularizer", *key, s):  # its random start, its noise
-                return context.regularizer.parameter_gradient(make_loss_fn(teacher, copies), detached,
-                                                              images[slices[s]], labels[slices[s]])
+                if not split:
+                    return regularizer.parameter_gradient(make_loss_fn(teacher, copies), detached, x, y)
+                # GUARD's squeeze: the training loss with the batch's statistics, the regularizer's
+                # term (its gradient less the plain loss's) with the running ones, read after this
+                # batch's update as GUARD's eval-mode passes read them.
+                g = grad(make_loss_fn(teacher, copies))(detached, x, y)
+                with _eval_mode(teacher):
+                    running = make_loss_fn(teacher, copies)
+                    g_reg = regularizer.parameter_gradient(running, detached, x, y)
+                    g_plain = grad(running)(detached, x, y)
+                return {name: g[name] + (g_reg[name] - g_plain[name]) for name in g}
 
         if len(slices) == 1:
             return gradient(0)
