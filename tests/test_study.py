@@ -15,7 +15,7 @@ from rdd_plugins.errors import RddError
 from rdd_plugins.studies import checks, runner
 from rdd_plugins.studies.grid import expand, load_study
 from rdd_plugins.studies.jobs import (evaluation_folder, evaluation_key, parse_shard, set_folder, set_key,
-                                    shard_jobs)
+                                    set_part, shard_jobs)
 from rdd_plugins.studies.leaderboard import paired, spread
 
 SMOKE = Path(__file__).resolve().parents[1] / "examples" / "study-smoke.toml"
@@ -121,6 +121,26 @@ def test_set_key_ignores_evaluate_and_evaluation_key_is_evaluate_alone(tmp_path)
     assert len(folders) == 24  # every job its own set folder
 
 
+def test_a_further_evaluation_goes_with_the_sets_of_its_ipcs_and_replaces_the_attack_plan(tmp_path):
+    study = copy.deepcopy(GRID)
+    study["base"]["evaluate"].update(attack="fgsm,pgd", attack_params={"pgd": {"steps": 3}}, n_test=100)
+    study["grid"]["evaluation"] = [{"name": "autoattack", "ipc": 5, "suite": "autoattack", "n_test": 20},
+                                   {"name": "longer", "epochs": 9}]
+    jobs = expand(load_study(study))
+    for job in jobs:
+        names = [name for name, _ in job.extra]
+        assert names == (["autoattack", "longer"] if job.ipc == 5 else ["longer"])
+        for name, config in job.extra:
+            assert set_key(config) == set_key(job.config)  # the same set ...
+            assert evaluation_folder(tmp_path, job, config) != evaluation_folder(tmp_path, job)  # ... evaluated apart
+            assert {k: v for k, v in config.to_dict().items() if k != "evaluate"} == set_part(job.config)
+        extra = dict(job.extra)
+        assert extra["longer"].evaluate.epochs == 9 and extra["longer"].evaluate.attack == "fgsm,pgd"
+        if job.ipc == 5:
+            aa = extra["autoattack"].evaluate
+            assert (aa.suite, aa.attack, aa.attack_params, aa.n_test, aa.epochs) == ("autoattack", "", {}, 20, 5)
+
+
 def test_shards_take_every_nth_job_and_cover_the_grid_once():
     jobs = expand(load_study(GRID))
     shards = [shard_jobs(jobs, i, 5) for i in range(5)]
@@ -156,6 +176,13 @@ def _with(path: str, value):
     (_with("grid.method.1.distiller", "gmm"), "unknown distiller 'gmm'"),
     (_with("grid.method.1.regularizer_params", {"lamda": 0.3}), "regularizer 'curvature'"),
     (_with("base.evaluate.attack", "fgsm,pgdd"), "unknown attack 'pgdd'"),
+    (_with("grid.evaluation", [{"name": "aa", "ipc": [10], "suite": "autoattack"}]),
+     r"grid.evaluation\[0\].ipc names IPC 10, which grid.ipc does not list"),
+    (_with("grid.evaluation", [{"name": "aa"}]), r"grid.evaluation\[0\] sets no evaluate key"),
+    (_with("grid.evaluation", [{"name": "aa", "n_tests": 3}]), r"grid.evaluation 'aa': unknown config key"),
+    (_with("grid.evaluation", [{"name": "aa", "attack": "pgdd"}]), r"evaluation 'aa': unknown attack 'pgdd'"),
+    (_with("grid.evaluation", [{"name": "aa", "n_test": 3}, {"name": "aa", "n_test": 4}]),
+     "grid.evaluation names lists a value twice"),
 ])
 def test_a_bad_study_fails_in_one_line_before_any_job(tmp_path, watched, study, message):
     with pytest.raises(RddError, match=message) as error:
@@ -211,6 +238,24 @@ def test_a_changed_evaluate_setting_re_evaluates_without_re_distilling(smoke_out
     assert all(len(list(p.glob("evaluation/*/results.json"))) == 2 for p in (out / "jobs").iterdir())
     rows = [json.loads(p.read_text())["results"][0] for p in (out / "jobs").glob("*/evaluation/*/results.json")]
     assert sorted(r["evaluation"]["n_test"] for r in rows) == [30] * 4 + [40] * 4
+
+
+def test_a_further_evaluation_reuses_the_sets_and_gets_its_own_tables(smoke_out, tmp_path, watched):
+    out = tmp_path / "study"
+    shutil.copytree(smoke_out, out)
+    study = _with("grid.evaluation", [{"name": "pgd-16", "attack": "pgd", "eps": ["16/255"], "n_test": 20}])
+    summary = api.study(study, out=out, progress=False)
+    assert summary["done"] == {"reused": 4} and watched["distill"] == [] and len(watched["evaluate"]) == 4
+    board = json.loads((out / "leaderboard.json").read_text())
+    main_groups = [g for g in board["groups"] if g["evaluation"] == ""]
+    (further,) = [g for g in board["groups"] if g["evaluation"] == "pgd-16"]
+    assert further["columns"] == [["Linf", "16/255"]] and board["jobs"] == {"total": 4, "finished": 4}
+    assert _numbers({"groups": main_groups}) == _numbers({"groups": json.loads(
+        (smoke_out / "leaderboard.json").read_text())["groups"]})  # the main tables unchanged
+    rows = [json.loads(p.read_text())["results"][0] for p in (out / "jobs").glob("*/evaluation/*/results.json")]
+    assert sorted(r["evaluation"]["n_test"] for r in rows) == [20] * 4 + [40] * 4
+    assert "evaluation `pgd-16`" in (out / "leaderboard.md").read_text()
+    assert api.study(study, out=out, progress=False)["done"] == {"skipped": 4} and len(watched["evaluate"]) == 4
 
 
 def test_two_shards_cover_the_jobs_once_and_give_the_unsharded_leaderboard(smoke_out, tmp_path, watched):

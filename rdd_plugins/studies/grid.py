@@ -1,5 +1,5 @@
 """A study file read and expanded: ``[base]`` (a run config) and ``[grid]`` (datasets, IPCs,
-seeds, methods) become one resolved RunConfig per job, in a fixed order.
+seeds, methods, further evaluations) become one resolved RunConfig per job, in a fixed order.
 
 Every key is checked here, before any job runs: an unknown or mistyped key is a one-line error
 naming where it is.
@@ -11,13 +11,14 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import RunConfig, config_from_dict, load_toml
+from ..config import ATTACK_PLAN_KEYS, EvaluateConfig, RunConfig, config_from_dict, load_toml
 from ..errors import RddError
 
 STUDY_KEYS = ("base", "grid")
-GRID_KEYS = ("dataset", "ipc", "seed", "method", "baseline")
+GRID_KEYS = ("dataset", "ipc", "seed", "method", "baseline", "evaluation")
 METHOD_KEYS = ("name", "distiller", "regularizer", "params", "regularizer_params", "backbone_params", "iterations")
 DATASET_KEYS = ("name", "params")
+EVALUATION_KEYS = ("name", "ipc")  # and any key of an evaluate section
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,18 @@ class Method:
     regularizer_params: dict | None = None
     backbone_params: dict = field(default_factory=dict)
     iterations: int | None = None  # the base's when None (sre2l's recover steps differ from gm's iterations)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A further evaluation of some of the grid's sets (AutoAttack on the IPC-10 sets, say): the
+    base's evaluate section with ``settings`` in its place, on the sets the grid already makes, with
+    its own tables in the leaderboard. Settings naming any attack-plan key replace the base's whole
+    plan (a base's PGD parameters mean nothing to AutoAttack)."""
+
+    name: str
+    ipcs: tuple[int, ...] | None  # None: the sets of every IPC
+    settings: dict
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,7 @@ class Study:
     methods: list[Method]
     baseline: str = ""
     source: dict = field(default_factory=dict)  # the study as written, kept beside its results
+    evaluations: list[Evaluation] = field(default_factory=list)
 
 
 @dataclass
@@ -61,6 +75,8 @@ class Job:
     method: str
     seed: int
     config: RunConfig
+    # (name, config) of each further evaluation of this job's set: its config differs in evaluate only
+    extra: tuple[tuple[str, RunConfig], ...] = ()
 
     @property
     def title(self) -> str:
@@ -91,6 +107,7 @@ def load_study(source: str | Path | dict, name: str = "") -> Study:
         baseline=grid.get("baseline", ""),
         source=data,
     )
+    study.evaluations = _evaluations(grid.get("evaluation"), study.ipcs)
     names = [m.name for m in study.methods]
     if not isinstance(study.baseline, str) or (study.baseline and study.baseline not in names):
         raise RddError(f"grid.baseline {study.baseline!r} names no method; methods: {', '.join(names)}")
@@ -99,9 +116,18 @@ def load_study(source: str | Path | dict, name: str = "") -> Study:
 
 def expand(study: Study) -> list[Job]:
     """Every job, in the order shards count them: dataset, then IPC, then method, then seed, each
-    in the order the file lists them."""
-    return [Job(d.name, ipc, m.name, seed, job_config(study, d, ipc, m, seed))
-            for d in study.datasets for ipc in study.ipcs for m in study.methods for seed in study.seeds]
+    in the order the file lists them. A job carries the further evaluations of its set, so that one
+    shard owns each set folder."""
+    jobs = []
+    for d in study.datasets:
+        for ipc in study.ipcs:
+            for m in study.methods:
+                for seed in study.seeds:
+                    config = job_config(study, d, ipc, m, seed)
+                    extra = tuple((e.name, evaluation_config(config, e)) for e in study.evaluations
+                                  if e.ipcs is None or ipc in e.ipcs)
+                    jobs.append(Job(d.name, ipc, m.name, seed, config, extra))
+    return jobs
 
 
 def job_config(study: Study, dataset: Dataset, ipc: int, method: Method, seed: int) -> RunConfig:
@@ -126,6 +152,20 @@ def job_config(study: Study, dataset: Dataset, ipc: int, method: Method, seed: i
         return config_from_dict(cfg)
     except RddError as exc:
         raise RddError(f"study job {dataset.name} ipc {ipc} {method.name} seed {seed}: {exc}") from None
+
+
+def evaluation_config(config: RunConfig, evaluation: Evaluation) -> RunConfig:
+    """``config`` with ``evaluation``'s settings in its evaluate section; validated."""
+    cfg = config.to_dict()
+    evaluate = cfg["evaluate"]
+    if any(key in ATTACK_PLAN_KEYS for key in evaluation.settings):
+        defaults = EvaluateConfig()
+        evaluate.update({key: copy.deepcopy(getattr(defaults, key)) for key in ATTACK_PLAN_KEYS})
+    evaluate.update(copy.deepcopy(evaluation.settings))
+    try:
+        return config_from_dict(cfg)
+    except RddError as exc:
+        raise RddError(f"study grid.evaluation {evaluation.name!r}: {exc}") from None
 
 
 def _own_params(given: dict | None, part: str, base_part: str, base_params: dict) -> dict:
@@ -184,6 +224,32 @@ def _datasets(value) -> list[Dataset]:
         raise RddError("grid.dataset is empty")
     _no_repeats([d.name for d in datasets], "grid.dataset")
     return datasets
+
+
+def _evaluations(value, ipcs: list[int]) -> list[Evaluation]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RddError("grid.evaluation must be a list of tables ([[grid.evaluation]] entries)")
+    evaluations = []
+    for i, entry in enumerate(value):
+        where = f"grid.evaluation[{i}]"
+        _table(entry, where)
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise RddError(f"{where} needs a name (the title of its tables in the leaderboard)")
+        chosen = None
+        if "ipc" in entry:
+            chosen = tuple(_integers(entry["ipc"], f"{where}.ipc", minimum=1))
+            missing = [str(k) for k in chosen if k not in ipcs]
+            if missing:
+                raise RddError(f"{where}.ipc names IPC {', '.join(missing)}, which grid.ipc does not list")
+        settings = {k: v for k, v in entry.items() if k not in EVALUATION_KEYS}
+        if not settings:
+            raise RddError(f"{where} sets no evaluate key: it would repeat the main evaluation")
+        evaluations.append(Evaluation(name, chosen, settings))
+    _no_repeats([e.name for e in evaluations], "grid.evaluation names")
+    return evaluations
 
 
 def _methods(value, base: RunConfig) -> list[Method]:

@@ -50,8 +50,10 @@ def set_folder(out: str | Path, job: Job) -> Path:
     return Path(out) / JOBS_FOLDER / name
 
 
-def evaluation_folder(out: str | Path, job: Job) -> Path:
-    return set_folder(out, job) / "evaluation" / evaluation_key(job.config)[:KEY_CHARS]
+def evaluation_folder(out: str | Path, job: Job, config: RunConfig | None = None) -> Path:
+    """Where the job's set is evaluated with ``config`` (default: the job's own; a further
+    evaluation's config differs in its evaluate section only)."""
+    return set_folder(out, job) / "evaluation" / evaluation_key(config or job.config)[:KEY_CHARS]
 
 
 def parse_shard(text: str) -> tuple[int, int]:

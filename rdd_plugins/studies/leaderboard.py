@@ -1,5 +1,6 @@
-"""The study's leaderboard: every finished job's results gathered into one table per dataset, IPC
-and evaluation backbone, with paired differences, protocol flags, and plots.
+"""The study's leaderboard: every finished job's results gathered into one table per dataset, IPC,
+evaluation backbone and evaluation (the main one, then each of ``[[grid.evaluation]]``), with paired
+differences, protocol flags, and plots (of the main evaluation).
 
 Only the jobs of the current grid count, each read from its own keyed folder: whichever shard
 writes the leaderboard reads every finished job present in the study folder, and folders left by
@@ -26,17 +27,23 @@ RANDOM_DISTILLER = "random"
 
 # -- gather -----------------------------------------------------------------------------------------
 
+MAIN = ""  # the evaluation named in [base.evaluate]
+
+
 def collect(out: Path, jobs: list[Job]) -> list[dict]:
-    """One record per finished job and evaluation backbone."""
+    """One record per finished evaluation of a job and evaluation backbone."""
     records = []
     for job in jobs:
-        rows = finished_results(evaluation_folder(out, job), job.config)
-        if rows is None:
-            continue
-        seconds = _distill_seconds(set_folder(out, job))
-        for row in rows:
-            records.append({"dataset": job.dataset, "ipc": job.ipc, "method": job.method, "seed": job.seed,
-                            "backbone": row["backbone"], "seconds": seconds, "row": row})
+        seconds = None
+        for evaluation, config in ((MAIN, job.config), *job.extra):
+            rows = finished_results(evaluation_folder(out, job, config), config)
+            if rows is None:
+                continue
+            seconds = seconds if seconds is not None else _distill_seconds(set_folder(out, job))
+            for row in rows:
+                records.append({"dataset": job.dataset, "ipc": job.ipc, "method": job.method, "seed": job.seed,
+                                "backbone": row["backbone"], "evaluation": evaluation, "seconds": seconds,
+                                "row": row})
     return records
 
 
@@ -135,6 +142,7 @@ def group_table(records: list[dict], methods: list[str], baseline: str, random_m
     by_method = {m: rs for m, rs in by_method.items() if rs}
     return {
         "dataset": first["dataset"], "ipc": first["ipc"], "backbone": first["backbone"],
+        "evaluation": first.get("evaluation", MAIN),
         "columns": [list(c) for c in columns],
         "largest_common_eps": _largest_common(records, columns),
         "methods": [_method_entry(m, rs, names) for m, rs in by_method.items()],
@@ -154,16 +162,24 @@ def random_method_of(study: Study, jobs: list[Job]) -> str:
 def leaderboard(study: Study, jobs: list[Job], records: list[dict]) -> dict:
     methods = [m.name for m in study.methods]
     random_method = random_method_of(study, jobs)
-    keys = list(dict.fromkeys((r["dataset"], r["ipc"], r["backbone"]) for r in records))
-    keys.sort(key=lambda k: ([d.name for d in study.datasets].index(k[0]), study.ipcs.index(k[1])))
-    groups = [group_table([r for r in records if (r["dataset"], r["ipc"], r["backbone"]) == key], methods,
-                          study.baseline, random_method) for key in keys]
+    evaluations = [MAIN, *(e.name for e in study.evaluations)]
+
+    def group_key(r: dict) -> tuple:
+        return r["dataset"], r["ipc"], r["backbone"], r.get("evaluation", MAIN)
+
+    keys = list(dict.fromkeys(group_key(r) for r in records))
+    keys.sort(key=lambda k: (evaluations.index(k[3]), [d.name for d in study.datasets].index(k[0]),
+                             study.ipcs.index(k[1])))
+    groups = [group_table([r for r in records if group_key(r) == key], methods, study.baseline, random_method)
+              for key in keys]
     flags = [{"dataset": r["dataset"], "ipc": r["ipc"], "method": r["method"], "seed": r["seed"],
-              "backbone": r["backbone"], "flags": protocol_flags(r["row"])} for r in records]
+              "backbone": r["backbone"], "evaluation": r.get("evaluation", MAIN), "flags": protocol_flags(r["row"])}
+             for r in records]
+    main = [r for r in records if r.get("evaluation", MAIN) == MAIN]
     return {
         "schema": SCHEMA, "study": study.name,
         "jobs": {"total": len(jobs), "finished": len({(r["dataset"], r["ipc"], r["method"], r["seed"])
-                                                      for r in records})},
+                                                      for r in main})},
         "baseline": study.baseline, "random_method": random_method,
         "groups": groups,
         "flags": [f for f in flags if f["flags"]],

@@ -20,7 +20,8 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 def _group(group: dict) -> list[str]:
     names = [f"{t} {e}" for t, e in group["columns"]]
-    lines = [f"## {group['dataset']}, IPC {group['ipc']}, evaluated on {group['backbone']}", ""]
+    evaluation = f" — evaluation `{group['evaluation']}`" if group.get("evaluation") else ""
+    lines = [f"## {group['dataset']}, IPC {group['ipc']}, evaluated on {group['backbone']}{evaluation}", ""]
     lines += _table(["method", "seeds", "clean", *names, "distill (s)", "flagged jobs"],
                     [[m["method"], str(len(m["seeds"])), _spread(m["clean"]),
                       *(_spread(m["worst"].get(n)) for n in names), _spread(m["distill_seconds"]),
@@ -46,7 +47,8 @@ def _flags(board: dict) -> list[str]:
              "Rows that trip a gradient-masking or protocol check (rdd_plugins/studies/checks.py); "
              "look at them before trusting their numbers.", ""]
     for f in board["flags"]:
-        lines += [f"- {f['dataset']} IPC {f['ipc']} {f['method']} seed {f['seed']} [{f['backbone']}]: {flag}"
+        where = f"{f['backbone']}, {f['evaluation']}" if f.get("evaluation") else f["backbone"]
+        lines += [f"- {f['dataset']} IPC {f['ipc']} {f['method']} seed {f['seed']} [{where}]: {flag}"
                   for flag in f["flags"]]
     return lines + [""]
 

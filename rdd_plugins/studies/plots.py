@@ -130,12 +130,14 @@ def robust_vs_seconds(plt, groups: list[dict], path: Path) -> bool:
 
 def write_plots(out: Path, board: dict) -> list[str]:
     """The PNGs of every dataset in ``board``; their file names."""
-    if not board["groups"]:
+    # the main evaluation's groups: a further one (AutoAttack on some IPCs) has its own tables only
+    main = [g for g in board["groups"] if not g.get("evaluation")]
+    if not main:
         return []
     plt = _pyplot()
     written = []
-    for dataset in dict.fromkeys(g["dataset"] for g in board["groups"]):
-        groups = [g for g in board["groups"] if g["dataset"] == dataset]
+    for dataset in dict.fromkeys(g["dataset"] for g in main):
+        groups = [g for g in main if g["dataset"] == dataset]
         stem = f"{_slug(dataset)}_"
         robust_vs_eps(plt, groups, out / f"{stem}robust_vs_eps.png")
         written.append(f"{stem}robust_vs_eps.png")

@@ -3,6 +3,7 @@ last job of a grid fails in one line now, not after hours of the jobs before it.
 
 from __future__ import annotations
 
+from ..config import RunConfig
 from ..errors import RddError
 from ..registry import Registry
 from .grid import Job
@@ -10,12 +11,22 @@ from .jobs import digest
 
 
 def check_job(job: Job, registry: Registry) -> None:
-    """Names and parameters of the dataset, backbones, distiller, regularizer and attack plan."""
+    """Names and parameters of the dataset, backbones, distiller, regularizer and attack plan, and
+    of each further evaluation's backbones and attack plan."""
     from ..distillation.loop import check_parts
+
+    check_parts(job.config, registry)
+    check_evaluation(job.config, registry)
+    for name, config in job.extra:
+        try:
+            check_evaluation(config, registry)
+        except RddError as exc:
+            raise RddError(f"evaluation {name!r}: {exc}") from None
+
+
+def check_evaluation(config: RunConfig, registry: Registry) -> None:
     from ..evaluation.pipeline import attack_plan, backbone_specs
 
-    config = job.config
-    check_parts(config, registry)
     attack_plan(registry, config)
     for name, params in backbone_specs(config):
         registry.check_params("backbones", name, **params)
@@ -25,7 +36,8 @@ def check_jobs(jobs: list[Job], registry: Registry) -> None:
     checked = set()
     for job in jobs:
         # seeds change no part: one check per config without its seed
-        key = digest({k: v for k, v in job.config.to_dict().items() if k != "seed"})
+        key = digest([{k: v for k, v in c.to_dict().items() if k != "seed"}
+                      for c in (job.config, *(config for _, config in job.extra))])
         if key in checked:
             continue
         try:

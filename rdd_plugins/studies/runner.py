@@ -60,12 +60,18 @@ def obtain_set(job: Job, folder: Path, registry: Registry, progress: bool) -> tu
 
 
 def run_job(job: Job, out: Path, registry: Registry, progress: bool) -> str:
-    """"skipped", or how the set was had ("reused", "resumed", "distilled") before it was evaluated."""
-    set_dir, eval_dir = set_folder(out, job), evaluation_folder(out, job)
-    if finished_results(eval_dir, job.config) is not None and finished_set_meta(set_dir, job.config) is not None:
+    """"skipped", or how the set was had ("reused", "resumed", "distilled") before it was evaluated
+    (its main evaluation, then each further one, each only where its results are missing)."""
+    set_dir = set_folder(out, job)
+    evaluations = [job.config, *(config for _, config in job.extra)]
+    missing = [c for c in evaluations if finished_results(evaluation_folder(out, job, c), c) is None]
+    if not missing and finished_set_meta(set_dir, job.config) is not None:
         return "skipped"
     distilled, how = obtain_set(job, set_dir, registry, progress)
-    evaluate_job_set(distilled, job.config, registry, eval_dir, label=job.method, progress=progress)
+    # a set made now makes every evaluation of the one it replaced stale
+    for config in missing if how == "reused" else evaluations:
+        evaluate_job_set(distilled, config, registry, evaluation_folder(out, job, config), label=job.method,
+                         progress=progress)
     return how
 
 

@@ -85,11 +85,12 @@ def recover_layout(num_classes: int, ipc: int, batch: int) -> list[torch.Tensor]
 class SqueezeRecoverRelabel:
     """Squeeze: train a teacher on the real data for ``teacher_epochs`` (SGD, momentum 0.9, BatchNorm
     in train mode), its loss regularized by the run's regularizer (``none``: SRe2L; ``curvature`` /
-    ``cure``: GUARD). ``regularizer_statistics = "running"`` (default) is GUARD's released squeeze:
-    the training loss sees the batch's BatchNorm statistics, the regularizer's term (its gradient
-    less the plain loss's: for ``curvature`` z, ℓ(x) and ℓ(x + z)) is computed in eval mode, with the
-    running statistics. ``"batch"`` runs every pass of the regularizer with its batch's statistics
-    (this package's behaviour before; docs/decisions.md compares them).
+    ``cure``: GUARD). ``regularizer_statistics = "batch"`` (default) runs every pass of the
+    regularizer with its batch's BatchNorm statistics, as the training loss. ``"running"`` is GUARD's
+    released squeeze: the regularizer's term (its gradient less the plain loss's: for ``curvature``
+    z, ℓ(x) and ℓ(x + z)) in eval mode, with the running statistics. It is not the default because a
+    teacher trained from scratch for a short budget learns to be flat in eval mode only, and the
+    recover step reads it in eval mode (docs/decisions.md).
     Recover: each iteration is one Adam step (lr 0.25, betas 0.5/0.9, SRe2L's) on all synthetic
     images, from noise, minimising cross-entropy of the teacher plus ``r_bn`` × the distance of the
     images' per-layer BatchNorm statistics to the teacher's running statistics; after each step
@@ -128,7 +129,7 @@ class SqueezeRecoverRelabel:
     def __init__(self, *, teacher_epochs: int = 2, teacher_lr: float = 0.01, batch_size: int = 256,
                  lr_img: float = 0.25, r_bn: float = 0.01, crop_min_scale: float = 0.0,
                  relabel_crops: int = 50, relabel_min_scale: float = 0.08, recover_batch: int = 100,
-                 teacher_shards: int = 1, regularizer_statistics: str = "running") -> None:
+                 teacher_shards: int = 1, regularizer_statistics: str = "batch") -> None:
         if teacher_epochs < 1 or teacher_lr <= 0 or batch_size < 1 or lr_img <= 0 or r_bn < 0:
             raise RddError("sre2l: teacher_epochs >= 1, teacher_lr > 0, batch_size >= 1, lr_img > 0, r_bn >= 0")
         if not 0.0 <= crop_min_scale <= 1.0:
