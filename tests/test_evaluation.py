@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 import rdd_plugins
+from rdd_plugins.evaluation.metrics import without_timings
 from rdd_plugins.evaluation.robust import clean_correct, robust_correct
 
 
@@ -146,3 +147,44 @@ def test_an_interrupted_evaluation_continues_from_its_finished_seeds(make_config
     rdd_plugins.evaluate(tmp_path / "set", out=tmp_path / "eval", progress=False,
                          overrides={"evaluate": {"epochs": 3}})
     assert len(trained) == 4
+
+
+def test_dsa_evaluation_training_augments_every_minibatch_the_same_way_under_a_seed(make_config, monkeypatch):
+    # evaluate.augment = "dsa" is DSA's evaluation protocol: each training minibatch passes through
+    # one DSA transform. The model must see augmented batches (not the set's images), shaped as they
+    # were, and the same seed must give the same model.
+    from rdd_plugins.evaluation import train as train_module
+    from rdd_plugins.run.parts import training_augment
+
+    cfg = make_config()
+    cfg["distill"].update(distiller="random", params={})
+    ds = rdd_plugins.distill(cfg, progress=False)
+    augment = training_augment("dsa", ds, torch.device("cpu"))
+    assert training_augment("none", ds, torch.device("cpu")) is None
+    torch.manual_seed(0)
+    out = augment(ds.images)
+    assert out.shape == ds.images.shape and not torch.equal(out, ds.images)
+
+    seen = []
+    real_train_model = train_module.train_model
+
+    def watching(model, images, labels, **kw):
+        inner = kw["augment"]
+
+        def recorded(batch):
+            result = inner(batch)
+            seen.append((batch.clone(), result.clone()))
+            return result
+
+        return real_train_model(model, images, labels, **{**kw, "augment": recorded})
+
+    monkeypatch.setattr(train_module, "train_model", watching)
+    cfg["evaluate"].update(augment="dsa", epochs=3, seeds=1, eps=["8/255"])
+    (first,) = rdd_plugins.evaluate(ds, cfg, progress=False)
+    assert len(seen) == 3 and all(not torch.equal(b, a) for b, a in seen)
+    (second,) = rdd_plugins.evaluate(ds, cfg, progress=False)
+    assert without_timings(first["summary"]) == without_timings(second["summary"])
+    assert first["evaluation"]["augment"] == "dsa"
+    cfg["evaluate"]["augment"] = "mixup"
+    with pytest.raises(rdd_plugins.RddError, match="evaluate.augment must be one of none, dsa"):
+        rdd_plugins.evaluate(ds, cfg, progress=False)

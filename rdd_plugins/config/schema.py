@@ -58,8 +58,12 @@ class EvaluateConfig:
     n_test: int = 0  # 0 = the whole test split
     eval_batch_size: int = 500
     kd_temperature: float = 4.0  # for sets with soft labels (SRe2L): KD at this temperature
+    # "dsa": DSA's augmentation on every training minibatch, DSA's evaluation protocol (with
+    # epochs = 1000 there); "none": DC's protocol
+    augment: str = "none"
 
 
+EVALUATION_AUGMENTS = ("none", "dsa")
 # The evaluate keys that together say which attacks run at which eps.
 ATTACK_PLAN_KEYS = ("suite", "attack", "attack_params", "eps", "eps_l2", "cascade")
 # The top-level keys that say how a machine computes a run, not what the run is (a checkpoint
@@ -124,4 +128,6 @@ class RunConfig:
             parse_eps(e, "L2")
         if ev.cascade not in ("auto", "on", "off"):
             raise RddError(f"evaluate.cascade must be auto, on or off, got {ev.cascade!r}")
+        if ev.augment not in EVALUATION_AUGMENTS:
+            raise RddError(f"evaluate.augment must be one of {', '.join(EVALUATION_AUGMENTS)}, got {ev.augment!r}")
         return self

@@ -330,7 +330,7 @@ def result_row(distilled: DistilledSet, config: RunConfig, test: ImageData, name
         "dataset": test.name,
         "evaluation": {
             "backbone": backbone, "backbone_params": backbone_params, "seeds": ecfg.seeds,
-            "epochs": ecfg.epochs, "suite": ecfg.suite, "cascade": cascade,
+            "epochs": ecfg.epochs, "augment": ecfg.augment, "suite": ecfg.suite, "cascade": cascade,
             "attacks": [{"attack": a.attack, "params": a.params, "threat_model": a.threat_model,
                          "eps": list(a.eps)} for a in plan],
             "n_test": int(test.images.shape[0]), "device": str(runtime.device), "runtime": runtime.record(),

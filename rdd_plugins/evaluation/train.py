@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,13 +17,16 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
                 lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
                 batch_size: int = 256, progress: bool = True, desc: str = "train",
                 soft_labels: torch.Tensor | None = None, temperature: float = 4.0,
-                crop_boxes: torch.Tensor | None = None) -> nn.Module:
+                crop_boxes: torch.Tensor | None = None,
+                augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> nn.Module:
     """SGD with momentum and weight decay; lr x0.1 at half of the epochs (DC's ``evaluate_synset``).
 
     With ``soft_labels`` (teacher logits, SRe2L's relabel) the loss is knowledge distillation:
     T² · KL(softmax(teacher / T) ‖ softmax(student / T)). With ``crop_boxes`` (N, views, 5) and
     soft labels (N, views, classes), epoch e trains on view e mod views of every image, cropped as
     the teacher saw it, against that view's soft label (SRe2L/FKD's per-crop relabelling).
+    ``augment`` maps each minibatch to an augmented one (after any crop), drawing from torch's
+    global generator as the shuffle does.
     """
     if crop_boxes is not None and (soft_labels is None or soft_labels.dim() != 3 or crop_boxes.dim() != 3
                                    or soft_labels.shape[:2] != crop_boxes.shape[:2] or crop_boxes.shape[1] < 1):
@@ -42,6 +47,8 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
             if crop_boxes is not None:
                 view = epoch % crop_boxes.shape[1]
                 batch, teacher = apply_crop_boxes(batch, crop_boxes[idx, view]), teacher[:, view]
+            if augment is not None:
+                batch = augment(batch)
             logits = model(batch)
             if teacher is None:
                 loss = F.cross_entropy(logits, labels[idx])

@@ -88,5 +88,21 @@ def train_on_set(make_model, distilled: DistilledSet, config: RunConfig, device:
     model = train_model(make_model(), distilled.images.to(device), distilled.labels.to(device),
                         epochs=ecfg.epochs, lr=ecfg.lr, momentum=ecfg.momentum, weight_decay=ecfg.weight_decay,
                         batch_size=ecfg.batch_size, progress=progress, desc=desc,
-                        temperature=ecfg.kd_temperature, **optional)
+                        temperature=ecfg.kd_temperature, augment=training_augment(ecfg.augment, distilled, device),
+                        **optional)
     return model.eval()
+
+
+def training_augment(name: str, distilled: DistilledSet, device: torch.device):
+    """The minibatch augmentation ``evaluate.augment`` names, or None. "dsa": DSA's evaluation
+    training, one transform drawn per minibatch with its parameters drawn per image (DSA's
+    unseeded ``DiffAugment``), in the units of the set's dataset statistics."""
+    if name == "none":
+        return None
+    from ..augmentation import SiameseAugment
+
+    shape = DatasetShape(distilled)
+    mean = torch.tensor(shape.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(shape.std, device=device).view(1, -1, 1, 1)
+    augmenter = SiameseAugment(who="evaluate.augment")
+    return lambda batch: augmenter.apply([batch], mean, std, siamese=False)[0]
