@@ -56,8 +56,6 @@ class IterationTimer:
 
 
 def measure(row: str, setting: str, dataset: str, device_name: str, repeats: int, seed: int) -> dict:
-    import torch
-
     from rdd_plugins.runtime import resolve_device
     from rdd_plugins.plugins import register_plugin, unregister_plugin
 
