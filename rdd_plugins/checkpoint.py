@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config.schema import RUNTIME_KEYS
+from .config.schema import RUNTIME_KEYS, without_keys_added_later
 from .errors import RddError
 from .storage import atomic_write
 
@@ -55,8 +55,9 @@ def cuda_rng_states(tensors: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]
 def run_fingerprint(config: dict) -> str:
     """What must not change between a checkpoint and its resume: the config less the runtime keys
     (device, deterministic, tf32: how a machine computes) and the iteration budget (a run may be
-    extended)."""
-    kept = {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
+    extended). Keys added later at their old value do not count (schema.KEYS_ADDED_LATER), so a
+    checkpoint written with or without them resumes."""
+    kept = {k: v for k, v in without_keys_added_later(config).items() if k not in RUNTIME_KEYS}
     if isinstance(kept.get("distill"), dict):
         kept["distill"] = {k: v for k, v in kept["distill"].items() if k != "iterations"}
     return json.dumps(kept, sort_keys=True)
@@ -119,7 +120,8 @@ def load_checkpoint(folder: str | Path, device: torch.device,
     if doc.get("draws", 1) != DRAWS:
         raise RddError(f"{path} was written by an rdd whose random draws were not keyed by work (before "
                        f"several processes were supported); it cannot continue exactly: run it again from the start")
-    if config is not None and doc.get("fingerprint") not in (run_fingerprint(config), _legacy_fingerprint(config)):
+    if config is not None and _comparable(doc.get("fingerprint")) not in (run_fingerprint(config),
+                                                                          _legacy_fingerprint(config)):
         raise RddError(f"{path} was written by another config than {Path(folder) / 'config.toml'}; "
                        f"resume needs the run's own config")
     warn_if_device_type_differs(path, doc.get("device"), torch.device(device).type)
@@ -134,9 +136,18 @@ def checkpoint_fingerprint(folder: str | Path) -> str | None:
     """The fingerprint of the checkpoint in ``folder``; None when it has none, or none readable."""
     try:
         with safe_open(str(Path(folder) / CHECKPOINT_FILE), framework="pt") as f:
-            return json.loads((f.metadata() or {})["json"]).get("fingerprint")
+            return _comparable(json.loads((f.metadata() or {})["json"]).get("fingerprint"))
     except (SafetensorError, OSError, KeyError, TypeError, ValueError):
         return None
+
+
+def _comparable(fingerprint: str | None) -> str | None:
+    """A stored fingerprint as run_fingerprint would write it today (keys added later at their old
+    value dropped): one written before such a key existed, and one written with it, both match."""
+    try:
+        return json.dumps(without_keys_added_later(json.loads(fingerprint)), sort_keys=True)
+    except (TypeError, ValueError, AttributeError):
+        return fingerprint
 
 
 def warn_if_device_type_differs(path: Path, written_on: str | None, resumed_on: str) -> None:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .config import RunConfig, merge, resolve
+from .config.schema import without_keys_added_later
 from .distillation.loop import run_distillation
 from .distributed.work import broadcast_from, fail_together
 from .distributed.world import current_world
@@ -90,8 +91,8 @@ def _finished_set(folder: Path, config: RunConfig):
         ds = load_distilled(folder)
     except RddError:
         return None
-    if ds.meta.get("interrupted") or json.dumps(ds.meta.get("config"), sort_keys=True) != \
-            json.dumps(config.to_dict(), sort_keys=True):
+    if ds.meta.get("interrupted") or json.dumps(without_keys_added_later(ds.meta.get("config") or {}),
+                                                sort_keys=True) != json.dumps(config.to_dict(), sort_keys=True):
         return None
     return ds
 

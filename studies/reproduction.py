@@ -61,5 +61,5 @@ def table(rows: dict[tuple[str, int], dict]) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
-        sys.exit(__doc__.strip().splitlines()[2].strip())
+        sys.exit(__doc__.strip().splitlines()[3].strip())
     print(table(models_per_row([Path(a) for a in sys.argv[1:]])))

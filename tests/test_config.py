@@ -146,3 +146,15 @@ def test_config_modules_name_no_torch_import():
             else:
                 continue
             assert not any(n == "torch" or n.startswith("torch.") for n in names), f"{path.name} imports torch"
+
+
+def test_a_key_added_later_is_left_out_of_the_config_while_it_holds_its_old_value():
+    # Checkpoint fingerprints, seed caches, finished sets and study folders compare to_dict(): a key
+    # the package gained later must not make what was written before it stop matching.
+    from rdd_plugins.config.schema import KEYS_ADDED_LATER
+
+    plain = RunConfig().to_dict()
+    for (section, key), old in KEYS_ADDED_LATER.items():
+        assert key not in plain[section]  # as configs were written before the key existed ...
+        assert getattr(getattr(config_from_dict(plain), section), key) == old  # ... and read back with it
+    assert config_from_dict({"evaluate": {"augment": "dsa"}}).to_dict()["evaluate"]["augment"] == "dsa"

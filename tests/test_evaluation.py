@@ -185,6 +185,9 @@ def test_dsa_evaluation_training_augments_every_minibatch_the_same_way_under_a_s
     (second,) = rdd_plugins.evaluate(ds, cfg, progress=False)
     assert without_timings(first["summary"]) == without_timings(second["summary"])
     assert first["evaluation"]["augment"] == "dsa"
+    ds.soft_labels = torch.zeros(ds.labels.shape[0], 4)  # a teacher's labels of the unaugmented images
+    with pytest.raises(rdd_plugins.RddError, match="needs a set with hard labels"):
+        rdd_plugins.evaluate(ds, cfg, progress=False)
     cfg["evaluate"]["augment"] = "mixup"
     with pytest.raises(rdd_plugins.RddError, match="evaluate.augment must be one of none, dsa"):
         rdd_plugins.evaluate(ds, cfg, progress=False)

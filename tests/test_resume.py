@@ -162,3 +162,22 @@ def test_a_checkpoint_from_before_keyed_draws_is_refused(tmp_path, make_config):
     save_file(tensors, str(path), metadata={**meta, "json": json.dumps(record)})
     with pytest.raises(rdd_plugins.RddError, match="random draws were not keyed by work"):
         rdd_plugins.distill(out=tmp_path / "run", resume=True, progress=False)
+
+
+def test_a_checkpoint_written_with_or_without_a_key_added_later_resumes(tmp_path):
+    # A checkpoint from before a key existed has no such key in its fingerprint; one written while
+    # to_dict still listed it at its old value has it. Both describe the same run.
+    import json
+
+    from rdd_plugins.checkpoint import _comparable, run_fingerprint
+    from rdd_plugins.config import RunConfig
+    from rdd_plugins.config.schema import KEYS_ADDED_LATER
+
+    today = run_fingerprint(RunConfig().to_dict())
+    with_keys = json.loads(today)
+    for (section, key), old in KEYS_ADDED_LATER.items():
+        with_keys[section][key] = old
+    assert _comparable(json.dumps(with_keys, sort_keys=True)) == today
+    assert run_fingerprint(with_keys) == today
+    with_keys["evaluate"]["augment"] = "dsa"  # another value is another run
+    assert _comparable(json.dumps(with_keys, sort_keys=True)) != today

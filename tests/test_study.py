@@ -183,6 +183,10 @@ def _with(path: str, value):
     (_with("grid.evaluation", [{"name": "aa", "attack": "pgdd"}]), r"evaluation 'aa': unknown attack 'pgdd'"),
     (_with("grid.evaluation", [{"name": "aa", "n_test": 3}, {"name": "aa", "n_test": 4}]),
      "grid.evaluation names lists a value twice"),
+    (_with("grid.evaluation", [{"name": "same", "n_test": 40}]),
+     "grid.evaluation 'same' evaluates as the main evaluation does"),
+    (_with("grid.evaluation", [{"name": "a", "n_test": 3}, {"name": "b", "n_test": 3}]),
+     "grid.evaluation 'b' evaluates as 'a' does"),
 ])
 def test_a_bad_study_fails_in_one_line_before_any_job(tmp_path, watched, study, message):
     with pytest.raises(RddError, match=message) as error:
@@ -397,16 +401,3 @@ def test_leaderboard_pairs_same_seed_jobs_and_draws_robust_vs_ipc(tmp_path):
     assert ipc10["methods"][1]["worst"]["Linf 8/255"] == {"mean": 42.0, "std": 0.0, "n": 1}
     assert write_plots(tmp_path, board) == ["synthetic_robust_vs_eps.png", "synthetic_robust_vs_ipc.png",
                                             "synthetic_robust_vs_seconds.png"]
-
-
-def test_a_key_added_later_keeps_the_folders_of_earlier_studies_while_it_holds_its_old_value():
-    from rdd_plugins.studies.jobs import KEYS_ADDED_LATER, digest
-
-    job = expand(load_study(smoke_study()))[0]
-    before = job.config.to_dict()["evaluate"]
-    for (section, key), old in KEYS_ADDED_LATER.items():
-        assert section == "evaluate" and before.pop(key) == old
-    assert evaluation_key(job.config) == digest(before)  # as computed before the key existed
-    augmented = expand(load_study(_with("base.evaluate.augment", "dsa")))[0]
-    assert evaluation_key(augmented.config) != evaluation_key(job.config)
-    assert set_key(augmented.config) == set_key(job.config)

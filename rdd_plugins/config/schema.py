@@ -58,12 +58,24 @@ class EvaluateConfig:
     n_test: int = 0  # 0 = the whole test split
     eval_batch_size: int = 500
     kd_temperature: float = 4.0  # for sets with soft labels (SRe2L): KD at this temperature
-    # "dsa": DSA's augmentation on every training minibatch, DSA's evaluation protocol (with
-    # epochs = 1000 there); "none": DC's protocol
+    # "dsa": DSA's augmentation on every training minibatch, DSA's evaluation protocol (DSA trains
+    # 1000 epochs then); "none": no augmentation, DC's protocol on Fashion-MNIST and CIFAR
     augment: str = "none"
 
 
 EVALUATION_AUGMENTS = ("none", "dsa")
+# (section, key) -> the value under which a key added later computes what runs computed before it
+# existed (RunConfig.to_dict).
+KEYS_ADDED_LATER = {("evaluate", "augment"): "none"}
+
+
+def without_keys_added_later(data: dict) -> dict:
+    """``data`` (a config as a dict) less each key added later that holds its old value."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for (section, key), before in KEYS_ADDED_LATER.items():
+        if isinstance(data.get(section), dict) and data[section].get(key) == before:
+            del data[section][key]
+    return data
 # The evaluate keys that together say which attacks run at which eps.
 ATTACK_PLAN_KEYS = ("suite", "attack", "attack_params", "eps", "eps_l2", "cascade")
 # The top-level keys that say how a machine computes a run, not what the run is (a checkpoint
@@ -100,7 +112,11 @@ class RunConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as written to config.toml and meta.json and as every key, fingerprint and
+        comparison sees it. A key added after runs existed is left out while it holds the value that
+        computes what runs computed before it (KEYS_ADDED_LATER): checkpoints, seed caches, finished
+        sets and study folders written earlier still match, and resolving fills it back in."""
+        return without_keys_added_later(dataclasses.asdict(self))
 
     def validate(self) -> "RunConfig":
         if self.distill.ipc <= 0:

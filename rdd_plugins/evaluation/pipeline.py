@@ -198,6 +198,11 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
         plan, cascade = attack_plan(registry, config)
         test = test or load_test_split(registry, config)
         check_set_fits(distilled, test)
+        if config.evaluate.augment != "none" and distilled.soft_labels is not None:
+            # the teacher labelled the images (or crop views) as they are: an augmented image would
+            # be trained towards another image's label
+            raise RddError(f"evaluate.augment = {config.evaluate.augment!r} needs a set with hard labels; "
+                           f"this one has soft labels (its teacher's, made on the images unaugmented)")
         factories = [(b, p, model_factory(registry, b, p, test, device)) for b, p in specs]
         for _, _, make_model in factories:
             make_model()  # a backbone that cannot be built fails now, not after minutes of training

@@ -99,6 +99,8 @@ def training_augment(name: str, distilled: DistilledSet, device: torch.device):
     unseeded ``DiffAugment``), in the units of the set's dataset statistics."""
     if name == "none":
         return None
+    if name != "dsa":
+        raise RddError(f"evaluate.augment must be none or dsa, got {name!r}")
     from ..augmentation import SiameseAugment
 
     shape = DatasetShape(distilled)

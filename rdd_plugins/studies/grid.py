@@ -8,6 +8,7 @@ naming where it is.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,8 +127,20 @@ def expand(study: Study) -> list[Job]:
                     config = job_config(study, d, ipc, m, seed)
                     extra = tuple((e.name, evaluation_config(config, e)) for e in study.evaluations
                                   if e.ipcs is None or ipc in e.ipcs)
+                    _no_repeated_evaluation(config, extra)
                     jobs.append(Job(d.name, ipc, m.name, seed, config, extra))
     return jobs
+
+
+def _no_repeated_evaluation(config: RunConfig, extra: tuple[tuple[str, RunConfig], ...]) -> None:
+    """A further evaluation whose settings come to the main one's (or an earlier one's) would write
+    into the same folder and show the same table twice."""
+    seen = {json.dumps(config.to_dict()["evaluate"], sort_keys=True): "the main evaluation"}
+    for name, other in extra:
+        key = json.dumps(other.to_dict()["evaluate"], sort_keys=True)
+        if key in seen:
+            raise RddError(f"grid.evaluation {name!r} evaluates as {seen[key]} does: it changes no setting")
+        seen[key] = repr(name)
 
 
 def job_config(study: Study, dataset: Dataset, ipc: int, method: Method, seed: int) -> RunConfig:

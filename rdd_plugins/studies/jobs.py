@@ -23,22 +23,8 @@ KEY_CHARS = 12  # of the SHA-256 in a folder name: collisions need ~16M configs 
 JOBS_FOLDER = "jobs"
 
 
-# Config keys added after study folders existed, each with the value that computes what was computed
-# before it existed: left out of a folder's key while they hold that value, so a study folder
-# written earlier keeps its keys (and its finished jobs) when the package gains a setting.
-KEYS_ADDED_LATER = {("evaluate", "augment"): "none"}
-
-
 def digest(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _as_keyed(config: RunConfig) -> dict:
-    data = config.to_dict()
-    for (section, key), before in KEYS_ADDED_LATER.items():
-        if data.get(section, {}).get(key) == before:
-            del data[section][key]
-    return data
 
 
 def set_part(config: RunConfig) -> dict:
@@ -47,11 +33,11 @@ def set_part(config: RunConfig) -> dict:
 
 
 def set_key(config: RunConfig) -> str:
-    return digest({k: v for k, v in _as_keyed(config).items() if k != "evaluate"})
+    return digest(set_part(config))
 
 
 def evaluation_key(config: RunConfig) -> str:
-    return digest(_as_keyed(config)["evaluate"])
+    return digest(config.to_dict()["evaluate"])
 
 
 def _slug(text: str) -> str:
