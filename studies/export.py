@@ -1,6 +1,6 @@
 """Copy what a study folder says, not what it made, into the repository: the leaderboard (markdown,
-JSON, PNGs) and per job its meta.json, history.json and the evaluation's results.json and
-report.md. Sets, checkpoints and cached seeds stay where they are (the study file is committed
+JSON, PNGs), the study file, and per job its config.toml, meta.json, history.json and each
+evaluation's config.toml, results.json and report.md. Sets, checkpoints and cached seeds stay where they are (the study file is committed
 beside them already).
 
     python studies/export.py runs/fm-study studies/fashion-mnist
@@ -12,7 +12,10 @@ import shutil
 import sys
 from pathlib import Path
 
-KEPT = {"leaderboard.md", "leaderboard.json", "meta.json", "history.json", "results.json", "report.md"}
+# config.toml (the study's study.toml, each job's and each evaluation's) lets the study code read
+# the exported folder as it reads the study's own: `python studies/reproduction.py` runs on either.
+KEPT = {"leaderboard.md", "leaderboard.json", "study.toml", "config.toml", "meta.json", "history.json",
+        "results.json", "report.md"}
 
 
 def export(out: Path, dest: Path) -> int:
