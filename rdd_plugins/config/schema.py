@@ -76,6 +76,8 @@ def without_keys_added_later(data: dict) -> dict:
         if isinstance(data.get(section), dict) and data[section].get(key) == before:
             del data[section][key]
     return data
+
+
 # The evaluate keys that together say which attacks run at which eps.
 ATTACK_PLAN_KEYS = ("suite", "attack", "attack_params", "eps", "eps_l2", "cascade")
 # The top-level keys that say how a machine computes a run, not what the run is (a checkpoint
