@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from ..config import RunConfig
+from ..config.schema import without_keys_added_later
 from ..errors import RddError
 from ..run.folder import CHECKPOINT_FILE, CONFIG_FILE, IMAGES_FILE, META_FILE
 from .grid import Job
@@ -92,7 +93,8 @@ def finished_set_meta(folder: Path, config: RunConfig) -> dict | None:
         return None
     if not isinstance(meta, dict) or meta.get("interrupted") or not (folder / IMAGES_FILE).is_file():
         return None
-    made_with = {k: v for k, v in (meta.get("config") or {}).items() if k != "evaluate"}
+    # read as to_dict writes today, as quickstart's finished-set check reads it
+    made_with = {k: v for k, v in without_keys_added_later(meta.get("config") or {}).items() if k != "evaluate"}
     return meta if json.dumps(made_with, sort_keys=True) == json.dumps(set_part(config), sort_keys=True) else None
 
 
