@@ -69,9 +69,10 @@ def _legacy_fingerprint(config: dict) -> str:
 
 
 def save_checkpoint(folder: str | Path, *, iteration: int, state: dict, history: list[dict],
-                    fingerprint: str, device: torch.device | str | None = None) -> Path:
+                    fingerprint: str, device: torch.device | str | None = None, seconds: float | None = None) -> Path:
     """Save after ``iteration`` finished iterations; ``state`` is tensors and JSON-able values;
-    ``device``, the run's, lets a resume elsewhere say that it is not exact."""
+    ``device``, the run's, lets a resume elsewhere say that it is not exact; ``seconds``, what the
+    run has spent so far, lets a resumed run report what all its legs took."""
     folder = Path(folder)
     tensors = capture_rng()
     plain = {}
@@ -89,6 +90,8 @@ def save_checkpoint(folder: str | Path, *, iteration: int, state: dict, history:
               "draws": DRAWS}
     if device is not None:
         record["device"] = torch.device(device).type
+    if seconds is not None:
+        record["seconds"] = round(float(seconds), 3)
     doc = json.dumps(record)
     atomic_write(folder / CHECKPOINT_FILE,
                  lambda tmp: save_file(tensors, tmp, metadata={"format": "rdd-checkpoint", "json": doc}))
@@ -139,6 +142,16 @@ def checkpoint_fingerprint(folder: str | Path) -> str | None:
             return _comparable(json.loads((f.metadata() or {})["json"]).get("fingerprint"))
     except (SafetensorError, OSError, KeyError, TypeError, ValueError):
         return None
+
+
+def checkpoint_seconds(folder: str | Path) -> float:
+    """The seconds the run had spent when the checkpoint in ``folder`` was written; 0 when it does
+    not say (written before checkpoints recorded them) or cannot be read."""
+    try:
+        with safe_open(str(Path(folder) / CHECKPOINT_FILE), framework="pt") as f:
+            return float(json.loads((f.metadata() or {})["json"]).get("seconds", 0.0))
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError):
+        return 0.0
 
 
 def _comparable(fingerprint: str | None) -> str | None:

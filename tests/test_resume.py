@@ -181,3 +181,25 @@ def test_a_checkpoint_written_with_or_without_a_key_added_later_resumes(tmp_path
     assert run_fingerprint(with_keys) == today
     with_keys["evaluate"]["augment"] = "dsa"  # another value is another run
     assert _comparable(json.dumps(with_keys, sort_keys=True)) != today
+
+
+def _set_checkpoint_seconds(folder: Path, seconds: float) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = folder / CHECKPOINT_FILE
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    record = json.loads(meta["json"])
+    record["seconds"] = seconds
+    save_file(tensors, str(path), metadata={**meta, "json": json.dumps(record)})
+
+
+def test_a_resumed_run_reports_the_seconds_of_all_its_legs(tmp_path, make_config):
+    from rdd_plugins.checkpoint import checkpoint_seconds
+
+    first = rdd_plugins.distill(make_config(iterations=2, checkpoint_every=1), out=tmp_path, progress=False)
+    assert 0 < checkpoint_seconds(tmp_path) <= first.meta["seconds"]
+    _set_checkpoint_seconds(tmp_path, 1000.0)  # as if the first leg had been slow
+    extended = rdd_plugins.distill(out=tmp_path, resume=True, progress=False, overrides={"distill": {"iterations": 3}})
+    assert 1000.0 < extended.meta["seconds"] < 1000.0 + 60 and checkpoint_seconds(tmp_path) > 1000.0

@@ -16,7 +16,8 @@ from rdd_plugins.studies import checks, runner
 from rdd_plugins.studies.grid import expand, load_study
 from rdd_plugins.studies.jobs import (evaluation_folder, evaluation_key, parse_shard, set_folder, set_key,
                                     set_part, shard_jobs)
-from rdd_plugins.studies.leaderboard import paired, spread
+from rdd_plugins.studies.leaderboard import paired, rounded, spread
+from rdd_plugins.studies.markdown import spread_cell
 
 SMOKE = Path(__file__).resolve().parents[1] / "examples" / "study-smoke.toml"
 
@@ -102,14 +103,18 @@ def test_a_method_may_have_its_own_iteration_budget():
     assert budget == {"random": study["base"]["distill"]["iterations"], "gm+curvature": 7}
 
 
+def _first_job(study: dict, method: str):
+    return next(j for j in expand(load_study(study)) if j.method == method)
+
+
 def test_set_key_ignores_evaluate_and_evaluation_key_is_evaluate_alone(tmp_path):
-    job = expand(load_study(GRID))[0]
+    job = _first_job(GRID, "gm")
     changed_eval = copy.deepcopy(GRID)
     changed_eval["base"]["evaluate"]["epochs"] = 7
-    other_eval = expand(load_study(changed_eval))[0]
+    other_eval = _first_job(changed_eval, "gm")
     changed_distill = copy.deepcopy(GRID)
     changed_distill["base"]["distill"]["iterations"] = 3
-    other_set = expand(load_study(changed_distill))[0]
+    other_set = _first_job(changed_distill, "gm")
 
     assert set_key(job.config) == set_key(other_eval.config) != set_key(other_set.config)
     assert evaluation_key(job.config) != evaluation_key(other_eval.config)
@@ -119,6 +124,20 @@ def test_set_key_ignores_evaluate_and_evaluation_key_is_evaluate_alone(tmp_path)
     assert evaluation_folder(tmp_path, job) != evaluation_folder(tmp_path, other_eval)
     folders = {set_folder(tmp_path, j) for j in expand(load_study(GRID))}
     assert len(folders) == 24  # every job its own set folder
+
+
+def test_settings_no_set_depends_on_leave_its_key_as_it_was():
+    changed = copy.deepcopy(GRID)
+    changed["base"]["distill"].update(checkpoint_every=3, iterations=7)
+    for method, same in (("random", True), ("gm", False)):  # a one-shot selector has no budget
+        job, other = _first_job(GRID, method), _first_job(changed, method)
+        assert (set_key(job.config) == set_key(other.config)) is same
+        only_checkpoints = copy.deepcopy(other.config.to_dict())
+        only_checkpoints["distill"]["iterations"] = job.config.distill.iterations
+        assert set_part(only_checkpoints) == set_part(job.config)
+    # keyed at the defaults, not left out: a job at its defaults keeps the name it had before
+    gm = _first_job(GRID, "gm").config.to_dict()
+    assert set_part(gm) == {k: v for k, v in gm.items() if k != "evaluate"}
 
 
 def test_a_further_evaluation_goes_with_the_sets_of_its_ipcs_and_replaces_the_attack_plan(tmp_path):
@@ -244,6 +263,17 @@ def test_a_changed_evaluate_setting_re_evaluates_without_re_distilling(smoke_out
     assert sorted(r["evaluation"]["n_test"] for r in rows) == [30] * 4 + [40] * 4
 
 
+def test_a_setting_no_set_depends_on_re_runs_only_the_jobs_it_touches(smoke_out, tmp_path, watched):
+    out = tmp_path / "study"
+    shutil.copytree(smoke_out, out)
+    study = _with("base.distill.checkpoint_every", 1)
+    assert api.study(study, out=out, progress=False)["done"] == {"skipped": 4}
+    study["base"]["distill"]["iterations"] = 3  # the random subsets take no iterations
+    assert api.study(study, out=out, progress=False)["done"] == {"skipped": 2, "distilled": 2}
+    assert len(watched["distill"]) == 2 and all("gm+curvature" in name for name, _ in watched["distill"])
+    assert sorted(watched["evaluate"]) == sorted(name for name, _ in watched["distill"])
+
+
 def test_a_further_evaluation_reuses_the_sets_and_gets_its_own_tables(smoke_out, tmp_path, watched):
     out = tmp_path / "study"
     shutil.copytree(smoke_out, out)
@@ -306,6 +336,12 @@ def test_paired_differences_and_spread():
     assert paired([1.0, 3.0]) == {"mean": 2.0, "se": 1.0, "ahead": 2, "n": 2}
     assert paired([-1.0]) == {"mean": -1.0, "se": None, "ahead": 0, "n": 1}
     assert spread([10.0, 20.0]) == {"mean": 15.0, "std": 5.0, "n": 2}
+
+
+def test_the_markdown_rounds_once_from_the_exact_statistics():
+    stat = spread([0.0, 8.1492])  # mean and std 4.0746: 4.07, where rounding to 3 first gave 4.08
+    assert spread_cell(stat) == "4.07 ± 4.07"
+    assert rounded({"groups": [{"clean": stat}]}) == {"groups": [{"clean": {"mean": 4.0746, "std": 4.0746, "n": 2}}]}
 
 
 # -- gradient-masking and protocol checks ------------------------------------------------------------

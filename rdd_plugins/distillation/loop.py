@@ -11,12 +11,13 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..checkpoint import checkpoint_fingerprint, load_checkpoint, restore_rng, run_fingerprint, save_checkpoint
+from ..checkpoint import (checkpoint_fingerprint, checkpoint_seconds, load_checkpoint, restore_rng, run_fingerprint,
+                          save_checkpoint)
 from ..config import RunConfig, to_toml
 from ..distributed.work import any_rank, broadcast_from, fail_together
 from ..distributed.world import World, current_world, restart_count
@@ -46,6 +47,12 @@ class Progress:
     interrupted: bool = False
     mid_step: bool = False  # interrupted inside a step: the state may hold part of it
     stopped_early: bool = False
+    leg_started: float = field(default_factory=time.perf_counter)  # this command's start
+    seconds_before: float = 0.0  # what earlier legs spent up to the checkpoint this one resumed
+
+    def seconds(self) -> float:
+        """What the run has spent: the earlier legs up to their checkpoint, and this one so far."""
+        return self.seconds_before + time.perf_counter() - self.leg_started
 
 
 @scoped_numerics
@@ -82,6 +89,8 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
             run = resume_run(output.read_from, device, resolved, iterations, judge_finished=world.is_main)
         else:
             run = Progress(distiller.init(context), 0, [])
+    if isinstance(run, Progress):
+        run.leg_started = started  # the initialisation (a teacher, a feature network) counts too
     # finished at this budget: its set, and what was derived, stay. Rank 0 judges from the folder and
     # every rank follows, so no rank iterates while another has returned.
     if broadcast_from(isinstance(run, DistilledSet), world=world):
@@ -91,7 +100,7 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
         # -- iterate -------------------------------------------------------------------------------
         iterate(run, distiller, context, config, iterations, progress, output)
         # -- package -------------------------------------------------------------------------------
-        result = package(run, distiller, context, config, iterations, time.perf_counter() - started, runtime)
+        result = package(run, distiller, context, config, iterations, run.seconds(), runtime)
         # -- save ----------------------------------------------------------------------------------
         output.save(run, result)
     except BaseException:
@@ -138,7 +147,7 @@ class RunOutput:
         if self.where is None:
             return
         save_checkpoint(self.where, iteration=run.completed, state=run.state, history=run.history,
-                        fingerprint=self.fingerprint, device=self.device)
+                        fingerprint=self.fingerprint, device=self.device, seconds=run.seconds())
         run.saved = run.completed
         if self.staged is not None:
             self.staged.publish()  # the new run has something to show: it replaces the old one now
@@ -201,7 +210,7 @@ def resume_run(folder: Path, device: torch.device, resolved: dict, iterations: i
     if finished is not None:
         return finished
     restore_rng(rng)
-    return Progress(state, completed, history, saved=completed)
+    return Progress(state, completed, history, saved=completed, seconds_before=checkpoint_seconds(folder))
 
 
 def _finished_set(folder: Path, iterations: int) -> DistilledSet | None:

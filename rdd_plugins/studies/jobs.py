@@ -3,8 +3,9 @@
 A job's set folder is keyed by everything in its config but the ``evaluate`` section, and its
 evaluation folder (inside the set folder's ``evaluation/``, where run folders keep what is derived
 from their set) by the ``evaluate`` section alone: a changed evaluation setting re-evaluates the
-sets it already has, and any other change distils afresh. This is the seed cache's keying
-(evaluation/seed_cache.py) one level up.
+sets it already has, and any other change distils afresh, but for settings no set depends on
+(``_without_settings_no_set_depends_on``). This is the seed cache's keying (evaluation/seed_cache.py) one
+level up.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import re
 from pathlib import Path
 
-from ..config import RunConfig
+from ..config import DistillConfig, RunConfig
 from ..config.schema import without_keys_added_later
 from ..errors import RddError
 from ..run.folder import CHECKPOINT_FILE, CONFIG_FILE, IMAGES_FILE, META_FILE
@@ -28,9 +29,43 @@ def digest(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def set_part(config: RunConfig) -> dict:
-    """What the distilled set depends on: the resolved config less its evaluate section."""
-    return {k: v for k, v in config.to_dict().items() if k != "evaluate"}
+def set_part(config: RunConfig | dict) -> dict:
+    """What the distilled set depends on: the resolved config (or its to_dict) less its evaluate
+    section, with the settings no set depends on at their defaults."""
+    data = config.to_dict() if isinstance(config, RunConfig) else without_keys_added_later(config)
+    return _without_settings_no_set_depends_on({k: v for k, v in data.items() if k != "evaluate"})
+
+
+def comparable(config: RunConfig | dict) -> dict:
+    """A whole config as a finished evaluation's is compared: its set part and its evaluate section."""
+    data = config.to_dict() if isinstance(config, RunConfig) else without_keys_added_later(config)
+    return {**set_part(data), "evaluate": data.get("evaluate")}
+
+
+def _without_settings_no_set_depends_on(data: dict) -> dict:
+    """``data`` with the settings a finished set does not depend on at their defaults: how often
+    checkpoints are written (a resume is exact) and a one-shot selector's iteration budget (random,
+    herding: ``iterations_needed = False``); changing them re-uses finished sets. At their defaults
+    rather than left out, so that folders keyed before they were recognised keep their names."""
+    distill = data.get("distill")
+    if not isinstance(distill, dict):
+        return data
+    defaults = DistillConfig()
+    distill = {**distill, "checkpoint_every": defaults.checkpoint_every} if "checkpoint_every" in distill else distill
+    if "iterations" in distill and not _iterates(distill.get("distiller")):
+        distill = {**distill, "iterations": defaults.iterations}
+    return {**data, "distill": distill}
+
+
+def _iterates(distiller) -> bool:
+    """Whether the registered distiller runs iterations (True when unknown: keep the budget keyed)."""
+    from ..plugins import get_registry
+
+    try:
+        factory = get_registry().get("distillers", str(distiller)).factory
+    except RddError:
+        return True
+    return bool(getattr(factory, "iterations_needed", True))
 
 
 def set_key(config: RunConfig) -> str:
@@ -94,22 +129,22 @@ def finished_set_meta(folder: Path, config: RunConfig) -> dict | None:
     if not isinstance(meta, dict) or meta.get("interrupted") or not (folder / IMAGES_FILE).is_file():
         return None
     # read as to_dict writes today, as quickstart's finished-set check reads it
-    made_with = {k: v for k, v in without_keys_added_later(meta.get("config") or {}).items() if k != "evaluate"}
+    made_with = set_part(meta.get("config") or {})
     return meta if json.dumps(made_with, sort_keys=True) == json.dumps(set_part(config), sort_keys=True) else None
 
 
 def resumable(folder: Path, config: RunConfig) -> bool:
     """A checkpoint there, of a run whose config.toml is this job's (its evaluate section aside)."""
     saved = _saved_config(folder / CONFIG_FILE)
-    return (folder / CHECKPOINT_FILE).is_file() and saved is not None and \
-        {k: v for k, v in saved.items() if k != "evaluate"} == set_part(config)
+    return (folder / CHECKPOINT_FILE).is_file() and saved is not None and set_part(saved) == set_part(config)
 
 
 def finished_results(folder: Path, config: RunConfig) -> list[dict] | None:
     """The rows of an evaluation written for exactly ``config``, else None."""
     from ..evaluation.report import load_results
 
-    if not (folder / "results.json").is_file() or _saved_config(folder / CONFIG_FILE) != config.to_dict():
+    saved = _saved_config(folder / CONFIG_FILE)
+    if not (folder / "results.json").is_file() or saved is None or comparable(saved) != comparable(config):
         return None
     try:
         return load_results(folder / "results.json")

@@ -20,6 +20,9 @@ from .grid import Job, Study
 from .jobs import evaluation_folder, finished_results, set_folder
 
 SCHEMA = "rdd-study-leaderboard/1"
+# leaderboard.json's decimals; statistics stay unrounded until written, so leaderboard.md's two
+# decimals are rounded once, from the exact value (rounding twice moved some cells by 0.01)
+JSON_DECIMALS = 4
 # "Improvement over random" is the field's reference point (a random real subset of the same size);
 # the random method is the one the registry knows under this name.
 RANDOM_DISTILLER = "random"
@@ -60,7 +63,7 @@ def spread(values: list[float]) -> dict:
     """Mean and std (ddof 0, as every report here) over seeds."""
     n = len(values)
     mean = sum(values) / n
-    return {"mean": round(mean, 3), "std": round(math.sqrt(sum((v - mean) ** 2 for v in values) / n), 3), "n": n}
+    return {"mean": mean, "std": math.sqrt(sum((v - mean) ** 2 for v in values) / n), "n": n}
 
 
 def paired(differences: list[float]) -> dict:
@@ -69,8 +72,7 @@ def paired(differences: list[float]) -> dict:
     n = len(differences)
     mean = sum(differences) / n
     se = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1) / n) if n > 1 else None
-    return {"mean": round(mean, 3), "se": None if se is None else round(se, 3),
-            "ahead": sum(d > 0 for d in differences), "n": n}
+    return {"mean": mean, "se": se, "ahead": sum(d > 0 for d in differences), "n": n}
 
 
 def column_name(threat: str, eps: str) -> str:
@@ -194,6 +196,18 @@ def write_leaderboard(out: str | Path, study: Study, jobs: list[Job]) -> dict:
     out = Path(out)
     board = leaderboard(study, jobs, collect(out, jobs))
     plots = write_plots(out, board)
-    write_json(out / "leaderboard.json", {**board, "plots": plots})
     atomic_write_text(out / "leaderboard.md", leaderboard_markdown(board, plots))
+    board = rounded(board)
+    write_json(out / "leaderboard.json", {**board, "plots": plots})
     return board
+
+
+def rounded(data):
+    """``data`` with every float rounded to JSON_DECIMALS."""
+    if isinstance(data, float):
+        return round(data, JSON_DECIMALS)
+    if isinstance(data, dict):
+        return {k: rounded(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [rounded(v) for v in data]
+    return data

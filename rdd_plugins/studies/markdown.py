@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def _spread(stat: dict | None) -> str:
+def spread_cell(stat: dict | None) -> str:
     return "—" if stat is None else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
 
 
@@ -23,8 +23,8 @@ def _group(group: dict) -> list[str]:
     evaluation = f" — evaluation `{group['evaluation']}`" if group.get("evaluation") else ""
     lines = [f"## {group['dataset']}, IPC {group['ipc']}, evaluated on {group['backbone']}{evaluation}", ""]
     lines += _table(["method", "seeds", "clean", *names, "distill (s)", "flagged jobs"],
-                    [[m["method"], str(len(m["seeds"])), _spread(m["clean"]),
-                      *(_spread(m["worst"].get(n)) for n in names), _spread(m["distill_seconds"]),
+                    [[m["method"], str(len(m["seeds"])), spread_cell(m["clean"]),
+                      *(spread_cell(m["worst"].get(n)) for n in names), spread_cell(m["distill_seconds"]),
                       f"{m['flagged_jobs']}/{len(m['seeds'])}"] for m in group["methods"]])
     for key, title, keys in (("paired", "Paired against `{}` (same seed: method − baseline)", ["clean", *names]),
                              ("over_random", "Robust improvement over random (`{}`, same IPC, seed and attacks)",
@@ -61,7 +61,7 @@ def leaderboard_markdown(board: dict, plots: list[str]) -> str:
         f"finished job. Per dataset, IPC and evaluation backbone: mean ± std (ddof 0) over run seeds of "
         f"each job's clean and worst-case robust accuracy in % (a job's number is the mean over its "
         f"evaluation models), and the distillation time in seconds (the set's meta.json; a resumed run "
-        f"counts its last leg only). A worst-case column counts points correct under every attack at "
+        f"counts every leg up to its checkpoints). A worst-case column counts points correct under every attack at "
         f"that eps and every smaller one.", "",
     ]
     if not board["groups"]:
