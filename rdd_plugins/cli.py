@@ -7,10 +7,12 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
 from .errors import RddError
+from .run.interrupt import Terminated, sigterm_unwinds
 
 
 def _count(minimum: int):
@@ -411,12 +413,16 @@ def main(argv: list[str] | None = None) -> int:
             if args.command != "study":
                 raise RddError(f"rdd {args.command} runs in one process; launch it without torchrun")
         with contextlib.ExitStack() as quiet:
+            quiet.enter_context(sigterm_unwinds())
             if not world.is_main:  # rank 0 speaks for all: its summary lines are every rank's
                 quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w"))))
             return COMMANDS[args.command](args)
     except RddError as exc:
         _say(world, exc, f"rdd: error: {exc}")
         return 2
+    except Terminated:
+        _say(world, None, "rdd: terminated; finished parts were kept")
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         _say(world, None, "rdd: interrupted; finished parts were kept")
         return 130

@@ -187,3 +187,33 @@ def test_benchmark_runs_autoattack_on_the_first_points_and_writes_model_info(tmp
     info = json.loads(info_path.read_text())
     assert info["eps"] == "4/255" and info["clean_acc"] == f"{100 * result['clean_acc']:.2f}"
     assert info["architecture"] == "convnet" and "AutoAttack" in proc.stdout
+
+
+class _SigtermReachedTheProcess(Exception):
+    pass
+
+
+def test_sigterm_outside_a_distillation_unwinds_and_says_so(monkeypatch, capsys):
+    # A scheduler's SIGTERM during an evaluation: the command unwinds (files being written are
+    # cleaned up, finished parts stay) and says so, instead of ending where it stands.
+    import signal
+    import time
+
+    from rdd_plugins import cli
+
+    def terminated_mid_command(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+        return 0
+
+    def as_without_rdd(signum, frame):  # what SIGTERM would do here if rdd installed no handler
+        raise _SigtermReachedTheProcess
+
+    previous = signal.signal(signal.SIGTERM, as_without_rdd)
+    try:
+        monkeypatch.setitem(cli.COMMANDS, "plugins", terminated_mid_command)
+        assert cli.main(["plugins"]) == 128 + signal.SIGTERM
+        assert capsys.readouterr().err.strip() == "rdd: terminated; finished parts were kept"
+        assert signal.getsignal(signal.SIGTERM) is as_without_rdd  # put back
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,6 +1,6 @@
 """Stop a loop between steps: the first Ctrl-C (or SIGTERM, as a scheduler sends before a kill)
 asks the loop to stop after the current step, where its state is whole and a checkpoint exact; a
-second Ctrl-C interrupts at once."""
+second Ctrl-C interrupts at once. Outside such a loop SIGTERM unwinds as Ctrl-C does."""
 
 from __future__ import annotations
 
@@ -40,3 +40,25 @@ def stop_between_steps(what: str = "the run"):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a loop that stops between steps (an evaluation, say)."""
+
+
+@contextmanager
+def sigterm_unwinds():
+    """SIGTERM raises :class:`Terminated` instead of ending the process where it stands, so that
+    files being written are cleaned up, finished parts stay, and the command says so."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
