@@ -4,8 +4,8 @@ A job's set folder is keyed by everything in its config but the ``evaluate`` sec
 evaluation folder (inside the set folder's ``evaluation/``, where run folders keep what is derived
 from their set) by the ``evaluate`` section alone: a changed evaluation setting re-evaluates the
 sets it already has, and any other change distils afresh, but for settings no set depends on
-(``_without_settings_no_set_depends_on``). This is the seed cache's keying (evaluation/seed_cache.py) one
-level up.
+(``_without_settings_no_set_depends_on``). This is the seed cache's keying
+(evaluation/seed_cache.py) one level up.
 """
 
 from __future__ import annotations
