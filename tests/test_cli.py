@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import rdd_plugins
+
 RDD = [str(Path(sys.executable).parent / "rdd")]
 TINY = ["--set", 'data.params={num_classes = 3, image_size = 8, per_class = 12}',
         "--set", "backbone.params={width = 4, depth = 2}",
@@ -217,3 +219,30 @@ def test_sigterm_outside_a_distillation_unwinds_and_says_so(monkeypatch, capsys)
         assert signal.getsignal(signal.SIGTERM) is as_without_rdd  # put back
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class _SigtermAfterFirstStep:
+    @rdd_plugins.hookimpl
+    def rdd_distill_step(self, step):
+        import signal
+
+        if step.iteration == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler's, mid-run
+
+
+def test_sigterm_during_a_distillation_checkpoints_and_exits_as_terminated(tmp_path, capsys):
+    import signal
+
+    from rdd_plugins import cli, plugins
+
+    out = tmp_path / "run"
+    plugins.register_plugin(_SigtermAfterFirstStep(), "sigterm-after-first-step")
+    try:
+        code = cli.main(["distill", "--dataset", "synthetic", "--ipc", "2", "--iterations", "6", "--out", str(out),
+                         "--set", "distill.checkpoint_every=0", *TINY])
+    finally:
+        plugins.unregister_plugin("sigterm-after-first-step")
+    assert code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip().endswith("rdd: terminated; finished parts were kept")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["interrupted"] and meta["completed_iterations"] == 1 and (out / "checkpoint.safetensors").is_file()

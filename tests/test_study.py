@@ -14,7 +14,7 @@ from rdd_plugins.config import load_toml, parse_eps
 from rdd_plugins.errors import RddError
 from rdd_plugins.studies import checks, runner
 from rdd_plugins.studies.grid import expand, load_study
-from rdd_plugins.studies.jobs import (evaluation_folder, evaluation_key, parse_shard, set_folder, set_key,
+from rdd_plugins.studies.jobs import (digest, evaluation_folder, evaluation_key, parse_shard, set_folder, set_key,
                                     set_part, shard_jobs)
 from rdd_plugins.studies.leaderboard import paired, rounded, spread
 from rdd_plugins.studies.markdown import spread_cell
@@ -272,6 +272,21 @@ def test_a_setting_no_set_depends_on_re_runs_only_the_jobs_it_touches(smoke_out,
     assert api.study(study, out=out, progress=False)["done"] == {"skipped": 2, "distilled": 2}
     assert len(watched["distill"]) == 2 and all("gm+curvature" in name for name, _ in watched["distill"])
     assert sorted(watched["evaluate"]) == sorted(name for name, _ in watched["distill"])
+
+
+def test_folders_named_before_such_settings_were_recognised_are_adopted(smoke_out, tmp_path, watched):
+    # an rdd of before keyed checkpoint_every = 5 into every name; today's key holds it at 10
+    out = tmp_path / "study"
+    shutil.copytree(smoke_out, out)
+    study = _with("base.distill.checkpoint_every", 5)
+    for job in expand(load_study(study)):
+        earlier = digest({k: v for k, v in job.config.to_dict().items() if k != "evaluate"})
+        set_folder(out, job).rename(set_folder(out, job).with_name(
+            set_folder(out, job).name.rsplit("-", 1)[0] + "-" + earlier[:12]))
+    assert not any(set_folder(out, j).exists() for j in expand(load_study(study)))
+    assert api.study(study, out=out, progress=False)["done"] == {"skipped": 4} and watched["distill"] == []
+    assert all(set_folder(out, j).is_dir() for j in expand(load_study(study)))
+    assert len(list((out / "jobs").iterdir())) == 4
 
 
 def test_a_further_evaluation_reuses_the_sets_and_gets_its_own_tables(smoke_out, tmp_path, watched):

@@ -27,7 +27,7 @@ from ..progress import bar
 from ..randomness import forked_rng
 from ..registry import Registry
 from ..run.folder import CONFIG_FILE, HISTORY_FILE, StagedRun, check_no_foreign_files, check_writable, derived_folders
-from ..run.interrupt import stop_between_steps
+from ..run.interrupt import Terminated, stop_between_steps
 from ..run.parts import check_backbone, load_split, model_factory
 from ..runtime import Runtime, device_clock, prepare_runtime, scoped_numerics
 from ..storage import DistilledSet, atomic_write_text, load_distilled, save_distilled, write_json
@@ -47,6 +47,7 @@ class Progress:
     interrupted: bool = False
     mid_step: bool = False  # interrupted inside a step: the state may hold part of it
     stopped_early: bool = False
+    terminated: bool = False  # the stop came as SIGTERM (a scheduler's), not Ctrl-C
     leg_started: float = field(default_factory=time.perf_counter)  # this command's start
     seconds_before: float = 0.0  # what earlier legs spent up to the checkpoint this one resumed
 
@@ -108,7 +109,7 @@ def run_distillation(config: RunConfig, registry: Registry, out: str | Path | No
         raise
     if run.interrupted:
         output.discard()
-        raise KeyboardInterrupt
+        raise Terminated if run.terminated else KeyboardInterrupt
     if world.is_main:
         notify("rdd_distill_finished", result=result)
     return result
@@ -267,7 +268,7 @@ def iterate(run: Progress, distiller, context: DistillContext, config: RunConfig
                     run.stopped_early = True
                     return
                 if interrupted:
-                    run.interrupted = True
+                    run.interrupted, run.terminated = True, stop.terminated
                     return
         except KeyboardInterrupt:
             # A second Ctrl-C, mid-step: the state may hold part of a step, so no checkpoint of it;

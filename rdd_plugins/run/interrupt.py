@@ -13,6 +13,7 @@ from contextlib import contextmanager
 class StopRequest:
     def __init__(self) -> None:
         self.requested = False
+        self.terminated = False  # the request came as SIGTERM: the command ends as Terminated
 
 
 @contextmanager
@@ -31,6 +32,7 @@ def stop_between_steps(what: str = "the run"):
         if request.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         request.requested = True
+        request.terminated = request.terminated or signum == signal.SIGTERM
         print(f"\nrdd: stopping {what} after this step and saving a checkpoint (Ctrl-C again to stop now)",
               file=sys.stderr, flush=True)
 

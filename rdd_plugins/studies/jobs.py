@@ -58,7 +58,8 @@ def _without_settings_no_set_depends_on(data: dict) -> dict:
 
 
 def _iterates(distiller) -> bool:
-    """Whether the registered distiller runs iterations (True when unknown: keep the budget keyed)."""
+    """Whether the registered distiller runs iterations, as its factory (a class) says: the
+    ``iterations_needed`` the loop reads from its instances. True when unknown: keep the budget keyed."""
     from ..plugins import get_registry
 
     try:
@@ -82,8 +83,27 @@ def _slug(text: str) -> str:
 
 def set_folder(out: str | Path, job: Job) -> Path:
     """``OUT/jobs/DATASET-ipcK-METHOD-seedS-KEY``: readable, and unique by the key."""
-    name = f"{_slug(job.dataset)}-ipc{job.ipc}-{_slug(job.method)}-seed{job.seed}-{set_key(job.config)[:KEY_CHARS]}"
+    return _keyed_folder(out, job, set_key(job.config))
+
+
+def _keyed_folder(out: str | Path, job: Job, key: str) -> Path:
+    name = f"{_slug(job.dataset)}-ipc{job.ipc}-{_slug(job.method)}-seed{job.seed}-{key[:KEY_CHARS]}"
     return Path(out) / JOBS_FOLDER / name
+
+
+def adopt_earlier_folder(out: str | Path, job: Job) -> None:
+    """Rename the job's folder from the name an earlier rdd gave it, when that differs from today's.
+
+    Before the settings no set depends on were recognised, the key held them as the study set them;
+    a study folder of then would otherwise distil and evaluate those jobs again."""
+    today = set_folder(out, job)
+    earlier = _keyed_folder(out, job, digest({k: v for k, v in job.config.to_dict().items() if k != "evaluate"}))
+    if earlier == today or today.exists() or not earlier.is_dir():
+        return
+    try:
+        earlier.rename(today)
+    except FileNotFoundError:
+        pass  # another shard, adopting the same folder, was first
 
 
 def evaluation_folder(out: str | Path, job: Job, config: RunConfig | None = None) -> Path:
@@ -128,7 +148,7 @@ def finished_set_meta(folder: Path, config: RunConfig) -> dict | None:
         return None
     if not isinstance(meta, dict) or meta.get("interrupted") or not (folder / IMAGES_FILE).is_file():
         return None
-    # read as to_dict writes today, as quickstart's finished-set check reads it
+    # read as to_dict writes today, settings no set depends on aside
     made_with = set_part(meta.get("config") or {})
     return meta if json.dumps(made_with, sort_keys=True) == json.dumps(set_part(config), sort_keys=True) else None
 

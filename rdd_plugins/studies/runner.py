@@ -19,7 +19,8 @@ from ..registry import Registry
 from ..run.folder import CONFIG_FILE, check_writable
 from ..storage import DistilledSet, atomic_write_text, load_distilled
 from .grid import Job, expand, load_study
-from .jobs import evaluation_folder, finished_results, finished_set_meta, parse_shard, resumable, set_folder, shard_jobs
+from .jobs import (adopt_earlier_folder, evaluation_folder, finished_results, finished_set_meta, parse_shard, resumable,
+                   set_folder, shard_jobs)
 from .leaderboard import write_leaderboard
 from .preflight import check_jobs
 
@@ -99,6 +100,8 @@ def run_study(source: str | Path | dict, out: str | Path | None = None, *, shard
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / STUDY_FILE, to_toml(study.source))
     mine = shard_jobs(jobs, index, count)
+    for job in mine:
+        adopt_earlier_folder(out, job)
     done: dict[str, int] = {}
     failed = []
     with bar(total=len(mine), desc=f"study {study.name}", unit="job", enabled=progress) as pbar:
