@@ -38,25 +38,35 @@ def models_per_row(folders: list[Path]) -> dict[tuple[str, int], dict]:
             results = finished_results(evaluation_folder(out, job), job.config)
             if results is None:
                 continue
-            entry = rows.setdefault((job.method, job.ipc), {"clean": [], "sets": 0})
+            entry = rows.setdefault((job.method, job.ipc), {"clean": [], "sets": 0,
+                                                            "distiller": job.config.distill.distiller})
             entry["sets"] += 1
             entry["clean"] += [100 * seed["clean"] for row in results for seed in row["per_seed"]]
     return rows
 
 
 def table(rows: dict[tuple[str, int], dict]) -> str:
+    """The published rows with ours beside them, then our variants of a published method (another
+    setting of its distiller, as a test of a difference) beside that method's published row."""
     lines = ["| method | IPC | published | ours | sets × models | ours − published |", "|---|---|---|---|---|---|"]
     for (method, ipc), (mean, std) in PUBLISHED.items():
         entry = rows.get((method, ipc))
-        if not entry:
-            lines.append(f"| {method} | {ipc} | {mean:.1f} ± {std:.1f} | not run yet | | |")
-            continue
-        values = entry["clean"]
-        ours = sum(values) / len(values)
-        spread = math.sqrt(sum((v - ours) ** 2 for v in values) / len(values))
-        lines.append(f"| {method} | {ipc} | {mean:.1f} ± {std:.1f} | {ours:.1f} ± {spread:.1f} | "
-                     f"{entry['sets']} × {len(values) // entry['sets']} | {ours - mean:+.1f} |")
+        lines.append(_line(method, ipc, f"{mean:.1f} ± {std:.1f}", mean, entry) if entry else
+                     f"| {method} | {ipc} | {mean:.1f} ± {std:.1f} | not run yet | | |")
+    for (method, ipc), entry in rows.items():
+        published = PUBLISHED.get((entry["distiller"], ipc))
+        if (method, ipc) not in PUBLISHED and published:
+            mean, std = published
+            lines.append(_line(method, ipc, f"{mean:.1f} ± {std:.1f} ({entry['distiller']})", mean, entry))
     return "\n".join(lines)
+
+
+def _line(method: str, ipc: int, published: str, published_mean: float, entry: dict) -> str:
+    values = entry["clean"]
+    ours = sum(values) / len(values)
+    spread = math.sqrt(sum((v - ours) ** 2 for v in values) / len(values))
+    return (f"| {method} | {ipc} | {published} | {ours:.1f} ± {spread:.1f} | "
+            f"{entry['sets']} × {len(values) // entry['sets']} | {ours - published_mean:+.1f} |")
 
 
 if __name__ == "__main__":
