@@ -139,5 +139,15 @@ def study(source: str | Path | dict, *, out: str | Path | None = None, shard: st
     return run_study(source, out, shard=shard, progress=progress)
 
 
-__all__ = ["distill", "evaluate", "compare", "benchmark", "import_set", "study", "load_distilled", "get_registry", "quickstart",
+def study_status(source: str | Path | dict, *, out: str | Path | None = None,
+                 shard: str | tuple[int, int] = (0, 1)) -> dict:
+    """What each job of a study (of one shard of it) still needs, with the checks a run makes and
+    nothing written or run: ``{"counts": {state: n}, "rows": [{"job", "state", ...}], ...}``, a
+    state being ``finished``, ``evaluate``, ``resume`` or ``distil``."""
+    from .studies.runner import study_status as status
+
+    return status(source, out, shard=shard)
+
+
+__all__ = ["distill", "evaluate", "compare", "benchmark", "import_set", "study", "study_status", "load_distilled", "get_registry", "quickstart",
            "evaluation_config", "RddError", "RunConfig"]

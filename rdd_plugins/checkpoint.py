@@ -135,22 +135,29 @@ def load_checkpoint(folder: str | Path, device: torch.device,
     return iteration, state, history, rng
 
 
-def checkpoint_fingerprint(folder: str | Path) -> str | None:
-    """The fingerprint of the checkpoint in ``folder``; None when it has none, or none readable."""
+def checkpoint_record(folder: str | Path) -> dict | None:
+    """The JSON part of the checkpoint in ``folder`` (iteration, fingerprint, seconds, ...), read
+    without its tensors; None when it has none, or none readable."""
     try:
         with safe_open(str(Path(folder) / CHECKPOINT_FILE), framework="pt") as f:
-            return _comparable(json.loads((f.metadata() or {})["json"]).get("fingerprint"))
+            record = json.loads((f.metadata() or {})["json"])
     except (SafetensorError, OSError, KeyError, TypeError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
+
+
+def checkpoint_fingerprint(folder: str | Path) -> str | None:
+    """The fingerprint of the checkpoint in ``folder``; None when it has none, or none readable."""
+    record = checkpoint_record(folder)
+    return None if record is None else _comparable(record.get("fingerprint"))
 
 
 def checkpoint_seconds(folder: str | Path) -> float:
     """The seconds the run had spent when the checkpoint in ``folder`` was written; 0 when it does
     not say (written before checkpoints recorded them) or cannot be read."""
     try:
-        with safe_open(str(Path(folder) / CHECKPOINT_FILE), framework="pt") as f:
-            return float(json.loads((f.metadata() or {})["json"]).get("seconds", 0.0))
-    except (SafetensorError, OSError, KeyError, TypeError, ValueError):
+        return float((checkpoint_record(folder) or {}).get("seconds", 0.0))
+    except (TypeError, ValueError):
         return 0.0
 
 

@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="study folder (default runs/STEM); a rerun continues there")
     p.add_argument("--shard", default="0/1", metavar="I/N",
                    help="run every N-th job from the I-th (0-based), e.g. $SLURM_ARRAY_TASK_ID/8")
+    p.add_argument("--status", action="store_true",
+                   help="say what each job still needs (finished, evaluate, resume, distil); run and write nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     for sub_parser in sub.choices.values():
         # eps values such as -1/255 are values (rejected by parse_eps with the reason), not options
@@ -370,6 +372,8 @@ def cmd_study(args) -> int:
     from .studies.jobs import parse_shard
 
     index, count = parse_shard(args.shard)
+    if args.status:
+        return _print_study_status(args, (index, count))
     # Under torchrun the jobs of this shard are dealt across the ranks, each job run whole by one
     # rank (jobs are independent: no process group is needed, and none is joined).
     rank, ranks = int(os.environ.get("RANK", "0")), launched_size()
@@ -385,6 +389,24 @@ def cmd_study(args) -> int:
     shard = f" (shard {index}/{count}: {summary['shard_jobs']} of {summary['jobs']} jobs)" if count > 1 else ""
     print(f"study {summary['study']}{shard}: {done}")
     print(f"leaderboard: {Path(summary['out']) / 'leaderboard.md'}")
+    return 0
+
+
+def _print_study_status(args, shard: tuple[int, int]) -> int:
+    from .api import study_status
+
+    status = study_status(args.study_file, out=args.out, shard=shard)
+    for row in status["rows"]:
+        detail = ""
+        if row["state"] == "evaluate":
+            detail = f" ({row['missing']} of {row['of']} evaluations missing)"
+        elif row["state"] == "resume":
+            detail = f" (checkpoint at {row['iteration']} of {row['iterations']} iterations)"
+        print(f"{row['state']:>9}  {row['job']}{detail}")
+    counts = ", ".join(f"{n} {state}" for state, n in status["counts"].items()) or "no job in this shard"
+    index, count = status["shard"]
+    shard_text = f" shard {index}/{count}:" if count > 1 else ""
+    print(f"study {status['study']} in {status['out']}:{shard_text} {counts} (of {status['shard_jobs']} jobs)")
     return 0
 
 

@@ -289,6 +289,25 @@ def test_folders_named_before_such_settings_were_recognised_are_adopted(smoke_ou
     assert len(list((out / "jobs").iterdir())) == 4
 
 
+def test_status_says_what_each_job_needs_and_writes_nothing(smoke_out, tmp_path, watched, capsys):
+    out = tmp_path / "study"
+    shutil.copytree(smoke_out, out)
+    gm = next(j for j in expand(load_study(smoke_study())) if j.method == "gm+curvature")
+    shutil.rmtree(set_folder(out, gm))
+    files = sorted((p, p.stat().st_mtime_ns) for p in out.rglob("*"))
+
+    assert api.study_status(SMOKE, out=out)["counts"] == {"finished": 3, "distil": 1}
+    rows = api.study_status(_with("base.evaluate.n_test", 30), out=out)["rows"]
+    assert [r["state"] for r in rows] == ["evaluate", "evaluate", "distil", "evaluate"]
+    assert rows[0]["missing"] == rows[0]["of"] == 1
+    assert main(["study", str(SMOKE), "--out", str(out), "--status", "--shard", "1/2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].endswith("shard 1/2: 2 finished (of 2 jobs)") and len(lines) == 3
+    assert sorted((p, p.stat().st_mtime_ns) for p in out.rglob("*")) == files and watched == {"distill": [], "evaluate": []}
+    assert api.study_status(SMOKE, out=tmp_path / "none")["counts"] == {"distil": 4}
+    assert not (tmp_path / "none").exists()
+
+
 def test_a_further_evaluation_reuses_the_sets_and_gets_its_own_tables(smoke_out, tmp_path, watched):
     out = tmp_path / "study"
     shutil.copytree(smoke_out, out)
@@ -338,6 +357,8 @@ def test_an_interrupted_distillation_resumes_from_its_checkpoint(tmp_path, watch
     (folder,) = (tmp_path / "jobs").iterdir()
     assert json.loads((folder / "meta.json").read_text())["interrupted"]
     assert (folder / "checkpoint.safetensors").is_file() and watched["evaluate"] == []
+    (row,) = api.study_status(study, out=tmp_path)["rows"]
+    assert (row["state"], row["iteration"], row["iterations"]) == ("resume", 1, 2)
 
     plugins.unregister_plugin("stopper")
     summary = api.study(study, out=tmp_path, progress=False)

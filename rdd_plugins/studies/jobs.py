@@ -91,13 +91,16 @@ def _keyed_folder(out: str | Path, job: Job, key: str) -> Path:
     return Path(out) / JOBS_FOLDER / name
 
 
-def adopt_earlier_folder(out: str | Path, job: Job) -> None:
-    """Rename the job's folder from the name an earlier rdd gave it, when that differs from today's.
+def earlier_set_folder(out: str | Path, job: Job) -> Path:
+    """The name an rdd from before the settings no set depends on were recognised gave the job's
+    folder: its key held them as the study set them."""
+    return _keyed_folder(out, job, digest({k: v for k, v in job.config.to_dict().items() if k != "evaluate"}))
 
-    Before the settings no set depends on were recognised, the key held them as the study set them;
-    a study folder of then would otherwise distil and evaluate those jobs again."""
-    today = set_folder(out, job)
-    earlier = _keyed_folder(out, job, digest({k: v for k, v in job.config.to_dict().items() if k != "evaluate"}))
+
+def adopt_earlier_folder(out: str | Path, job: Job) -> None:
+    """Rename the job's folder from its earlier name (``earlier_set_folder``) where that differs
+    from today's; a study folder of then would otherwise distil and evaluate those jobs again."""
+    today, earlier = set_folder(out, job), earlier_set_folder(out, job)
     if earlier == today or today.exists() or not earlier.is_dir():
         return
     try:
@@ -109,7 +112,12 @@ def adopt_earlier_folder(out: str | Path, job: Job) -> None:
 def evaluation_folder(out: str | Path, job: Job, config: RunConfig | None = None) -> Path:
     """Where the job's set is evaluated with ``config`` (default: the job's own; a further
     evaluation's config differs in its evaluate section only)."""
-    return set_folder(out, job) / "evaluation" / evaluation_key(config or job.config)[:KEY_CHARS]
+    return evaluation_in(set_folder(out, job), config or job.config)
+
+
+def evaluation_in(folder: Path, config: RunConfig) -> Path:
+    """The evaluation folder for ``config`` inside the set folder ``folder``."""
+    return folder / "evaluation" / evaluation_key(config)[:KEY_CHARS]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -170,3 +178,22 @@ def finished_results(folder: Path, config: RunConfig) -> list[dict] | None:
         return load_results(folder / "results.json")
     except RddError:
         return None
+
+
+def job_status(out: str | Path, job: Job) -> dict:
+    """What the job still needs, read from its folders without writing: ``finished``, ``evaluate``
+    (its set is finished; ``missing`` of its evaluations are not), ``resume`` (a checkpoint at
+    ``iteration`` of ``iterations``) or ``distil``."""
+    from ..checkpoint import checkpoint_record
+
+    folder = set_folder(out, job)
+    if not folder.exists() and earlier_set_folder(out, job).is_dir():
+        folder = earlier_set_folder(out, job)  # the runner adopts it when the job's shard starts
+    evaluations = [job.config, *(config for _, config in job.extra)]
+    if finished_set_meta(folder, job.config) is not None:
+        missing = sum(finished_results(evaluation_in(folder, c), c) is None for c in evaluations)
+        return {"state": "evaluate", "missing": missing, "of": len(evaluations)} if missing else {"state": "finished"}
+    if resumable(folder, job.config):
+        record = checkpoint_record(folder) or {}
+        return {"state": "resume", "iteration": record.get("iteration"), "iterations": job.config.distill.iterations}
+    return {"state": "distil"}

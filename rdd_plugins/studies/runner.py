@@ -19,8 +19,8 @@ from ..registry import Registry
 from ..run.folder import CONFIG_FILE, check_writable
 from ..storage import DistilledSet, atomic_write_text, load_distilled
 from .grid import Job, expand, load_study
-from .jobs import (adopt_earlier_folder, evaluation_folder, finished_results, finished_set_meta, parse_shard, resumable,
-                   set_folder, shard_jobs)
+from .jobs import (adopt_earlier_folder, evaluation_folder, finished_results, finished_set_meta, job_status, parse_shard,
+                   resumable, set_folder, shard_jobs)
 from .leaderboard import write_leaderboard
 from .preflight import check_jobs
 
@@ -123,3 +123,23 @@ def run_study(source: str | Path | dict, out: str | Path | None = None, *, shard
     if failed:
         raise RddError(f"{len(failed)} of {len(mine)} jobs failed (the others are in {out}): {failed[0]}")
     return summary
+
+
+def study_status(source: str | Path | dict, out: str | Path | None = None, *,
+                 shard: str | tuple[int, int] = (0, 1)) -> dict:
+    """What each job of this shard still needs (jobs.job_status), with the same checks as a run
+    and nothing written: for planning an array job, or seeing how far a long study is."""
+    index, count = parse_shard(shard) if isinstance(shard, str) else shard
+    if not 0 <= index < count:
+        raise RddError(f"shard {index}/{count}: need 0 <= I < N")
+    study = load_study(source)
+    jobs = expand(study)
+    check_jobs(jobs, get_registry())
+    out = Path(out if out is not None else default_out(source))
+    mine = shard_jobs(jobs, index, count)
+    rows = [{"job": job.title, **job_status(out, job)} for job in mine]
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    return {"study": study.name, "out": str(out), "shard": [index, count], "jobs": len(jobs),
+            "shard_jobs": len(mine), "counts": counts, "rows": rows}
