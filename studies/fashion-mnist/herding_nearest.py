@@ -1,8 +1,8 @@
 """Why our herding sits above DC's published herding (reproduction.md): is DC's "herding" the k
 images nearest their class mean rather than Welling's greedy herding? This runs the baselines'
-herding job at IPC 10, seed 0 (one-epoch feature network, DC's evaluation) with that one change,
-as a study whose distiller is a plugin registered here: the way to put a part of your own into a
-study without packaging it.
+herding jobs at IPC 10 and 50, seed 0 (one-epoch feature network, DC's evaluation) with that one
+change, as a study whose distiller is a plugin registered here: the way to put a part of your own
+into a study without packaging it.
 
     python studies/fashion-mnist/herding_nearest.py [--out runs/fm-herding-nearest]
     python studies/reproduction.py runs/fm-baselines runs/fm-herding-nearest
@@ -45,7 +45,7 @@ class NearestPlugin:
 STUDY = {
     "base": {"device": "auto", "data": {"dataset": "fashion-mnist"}, "backbone": {"name": "convnet"},
              "evaluate": {"seeds": 2, "epochs": 300, "attack": "fgsm", "eps": ["8/255"]}},
-    "grid": {"ipc": [10], "seed": [0],
+    "grid": {"ipc": [10, 50], "seed": [0],
              "method": [{"name": "herding-nearest", "distiller": "herding-nearest", "regularizer": "none"}]},
 }
 
