@@ -28,7 +28,7 @@ sys.path.insert(0, str(TESTS))
 from conftest import tiny_config  # noqa: E402
 
 from rdd_plugins import cli, config as config_io  # noqa: E402
-from rdd_plugins.distributed.world import current_world, restart_count, start_world  # noqa: E402
+from rdd_plugins.distributed.world import current_world, restart_count, start_world, stop_world  # noqa: E402
 from rdd_plugins.errors import RddError  # noqa: E402
 
 BN = {"name": "convnet", "params": {"width": 8, "depth": 2, "norm": "batch"}}
@@ -138,4 +138,9 @@ if __name__ == "__main__":
     torch.set_num_threads(1)  # the same arithmetic in every process, whatever the number of ranks
     target, mode = Path(sys.argv[1]), sys.argv[2]
     start_world()
-    {"runs": runs, "die": die, "fail": fail}[mode](target)
+    try:
+        {"runs": runs, "die": die, "fail": fail}[mode](target)
+    finally:
+        # leave the group before exit: a gloo group torn down with the interpreter can abort the
+        # process ("terminate called without an active exception"), as it did once on a loaded CI
+        stop_world()
