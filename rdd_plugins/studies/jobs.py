@@ -32,14 +32,19 @@ def digest(data) -> str:
 def set_part(config: RunConfig | dict) -> dict:
     """What the distilled set depends on: the resolved config (or its to_dict) less its evaluate
     section, with the settings no set depends on at their defaults."""
-    data = config.to_dict() if isinstance(config, RunConfig) else without_keys_added_later(config)
+    data = _as_written_today(config)
     return _without_settings_no_set_depends_on({k: v for k, v in data.items() if k != "evaluate"})
 
 
 def comparable(config: RunConfig | dict) -> dict:
     """A whole config as a finished evaluation's is compared: its set part and its evaluate section."""
-    data = config.to_dict() if isinstance(config, RunConfig) else without_keys_added_later(config)
+    data = _as_written_today(config)
     return {**set_part(data), "evaluate": data.get("evaluate")}
+
+
+def _as_written_today(config: RunConfig | dict) -> dict:
+    """A config, or a saved one's dict, as to_dict writes it today (keys added later at their old value left out)."""
+    return config.to_dict() if isinstance(config, RunConfig) else without_keys_added_later(config)
 
 
 def _without_settings_no_set_depends_on(data: dict) -> dict:

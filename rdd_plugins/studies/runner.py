@@ -82,6 +82,17 @@ def default_out(source) -> Path:
     return Path("runs") / Path(source).stem
 
 
+def _checked_jobs(source, shard: str | tuple[int, int]):
+    """The study, every job of its grid (each checked against the registry) and the shard."""
+    index, count = parse_shard(shard) if isinstance(shard, str) else shard
+    if not 0 <= index < count:
+        raise RddError(f"shard {index}/{count}: need 0 <= I < N")
+    study = load_study(source)
+    jobs = expand(study)
+    check_jobs(jobs, get_registry())
+    return study, jobs, (index, count)
+
+
 def run_study(source: str | Path | dict, out: str | Path | None = None, *, shard: str | tuple[int, int] = (0, 1),
               progress: bool = True) -> dict:
     """Run this shard's jobs of the study in ``source`` (a TOML path or a dict) into ``out``.
@@ -89,13 +100,8 @@ def run_study(source: str | Path | dict, out: str | Path | None = None, *, shard
     Everything is checked before the first job: the study's keys, every job's resolved config and
     its parts. Returns the counts of what each job did, the failures, and the leaderboard.
     """
-    index, count = parse_shard(shard) if isinstance(shard, str) else shard
-    if not 0 <= index < count:
-        raise RddError(f"shard {index}/{count}: need 0 <= I < N")
-    study = load_study(source)
-    jobs = expand(study)
+    study, jobs, (index, count) = _checked_jobs(source, shard)
     registry = get_registry()
-    check_jobs(jobs, registry)
     out = check_writable(out if out is not None else default_out(source), "study folder")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / STUDY_FILE, to_toml(study.source))
@@ -129,12 +135,7 @@ def study_status(source: str | Path | dict, out: str | Path | None = None, *,
                  shard: str | tuple[int, int] = (0, 1)) -> dict:
     """What each job of this shard still needs (jobs.job_status), with the same checks as a run
     and nothing written: for planning an array job, or seeing how far a long study is."""
-    index, count = parse_shard(shard) if isinstance(shard, str) else shard
-    if not 0 <= index < count:
-        raise RddError(f"shard {index}/{count}: need 0 <= I < N")
-    study = load_study(source)
-    jobs = expand(study)
-    check_jobs(jobs, get_registry())
+    study, jobs, (index, count) = _checked_jobs(source, shard)
     out = Path(out if out is not None else default_out(source))
     mine = shard_jobs(jobs, index, count)
     rows = [{"job": job.title, **job_status(out, job)} for job in mine]

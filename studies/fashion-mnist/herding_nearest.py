@@ -16,24 +16,14 @@ import torch
 
 import rdd_plugins
 from rdd_plugins import api, plugins
-from rdd_plugins.builtin.distillers.common import embed, random_real_indices
 from rdd_plugins.builtin.distillers.subsets import Herding
 
 
 class NearestToMean(Herding):
     """``herding``'s embedding, but the ``ipc`` images of a class nearest its mean feature."""
 
-    def init(self, context) -> dict:
-        random_real_indices(context, context.ipc, "herding")  # the same draws as herding's
-        images, labels = context.train.images, context.train.labels
-        net = self._feature_network(context)
-        picks = []
-        with torch.inference_mode():
-            for ix in context.class_indices:
-                feats = torch.cat([embed(net, images[ix[i:i + 1000]]) for i in range(0, len(ix), 1000)])
-                picks.append(ix[(feats - feats.mean(0)).norm(dim=1).argsort()[:context.ipc]])
-        picks = torch.cat(picks)
-        return {"images": images[picks].clone(), "labels": labels[picks].clone()}
+    def select(self, features: torch.Tensor, count: int) -> torch.Tensor:
+        return (features - features.mean(0)).norm(dim=1).argsort()[:count]
 
 
 class NearestPlugin:

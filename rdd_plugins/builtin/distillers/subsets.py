@@ -68,9 +68,13 @@ class Herding:
         with torch.inference_mode():
             for ix in context.class_indices:
                 feats = torch.cat([embed(net, images[ix[i:i + 1000]]) for i in range(0, len(ix), 1000)])
-                picks.append(ix[herding_indices(feats, context.ipc)])
+                picks.append(ix[self.select(feats, context.ipc)])
         picks = torch.cat(picks)
         return {"images": images[picks].clone(), "labels": labels[picks].clone()}
+
+    def select(self, features: torch.Tensor, count: int) -> torch.Tensor:
+        """Which ``count`` of a class's embedded images to keep: Welling's herding."""
+        return herding_indices(features, count)
 
     def _feature_network(self, context: DistillContext) -> nn.Module:
         """The backbone trained on the full training set, with a bar counting its batches.
