@@ -407,7 +407,15 @@ def _print_study_status(args, shard: tuple[int, int]) -> int:
     index, count = status["shard"]
     shard_text = f" shard {index}/{count}:" if count > 1 else ""
     print(f"study {status['study']} in {status['out']}:{shard_text} {counts} (of {status['shard_jobs']} jobs)")
+    left, unpriced = status["left"]["seconds"], status["left"]["unpriced"]
+    if len(status["rows"]) > status["counts"].get("finished", 0):
+        priced = f"about {_duration(left)} left at the pace of the finished jobs of the same method and IPC"
+        print(priced + (f", and {unpriced} jobs with no such job to go by" if unpriced else ""))
     return 0
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
 
 
 COMMANDS = {"plugins": cmd_plugins, "distill": cmd_distill, "evaluate": cmd_evaluate, "compare": cmd_compare,

@@ -14,9 +14,10 @@ from rdd_plugins.config import load_toml, parse_eps
 from rdd_plugins.errors import RddError
 from rdd_plugins.studies import checks, runner
 from rdd_plugins.studies.grid import expand, load_study
-from rdd_plugins.studies.jobs import (digest, evaluation_folder, evaluation_key, parse_shard, set_folder, set_key,
-                                    set_part, shard_jobs)
+from rdd_plugins.studies.jobs import (digest, evaluation_folder, evaluation_key, evaluation_seconds, parse_shard,
+                                    set_folder, set_key, set_part, shard_jobs)
 from rdd_plugins.studies.leaderboard import paired, rounded, spread
+from rdd_plugins.studies.pace import seconds_left
 from rdd_plugins.studies.markdown import spread_cell
 
 SMOKE = Path(__file__).resolve().parents[1] / "examples" / "study-smoke.toml"
@@ -302,10 +303,40 @@ def test_status_says_what_each_job_needs_and_writes_nothing(smoke_out, tmp_path,
     assert rows[0]["missing"] == rows[0]["of"] == 1
     assert main(["study", str(SMOKE), "--out", str(out), "--status", "--shard", "1/2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1].endswith("shard 1/2: 2 finished (of 2 jobs)") and len(lines) == 3
+    assert lines[-1].endswith("shard 1/2: 2 finished (of 2 jobs)") and len(lines) == 3  # nothing left there
+    # the removed job is priced at its finished peer's pace: gm+curvature seed 1's seconds
+    peer = set_folder(out, next(j for j in expand(load_study(smoke_study())) if j.method == "gm+curvature" and j.seed == 1))
+    (results,) = peer.glob("evaluation/*/results.json")
+    expected = json.loads((peer / "meta.json").read_text())["seconds"] + evaluation_seconds(
+        json.loads(results.read_text())["results"])
+    assert api.study_status(SMOKE, out=out)["left"] == {"seconds": pytest.approx(expected), "unpriced": 0}
+    assert main(["study", str(SMOKE), "--out", str(out), "--status"]) == 0
+    assert "min left at the pace of the finished jobs" in capsys.readouterr().out
     assert sorted((p, p.stat().st_mtime_ns) for p in out.rglob("*")) == files and watched == {"distill": [], "evaluate": []}
     assert api.study_status(SMOKE, out=tmp_path / "none")["counts"] == {"distil": 4}
     assert not (tmp_path / "none").exists()
+
+
+def test_the_time_left_is_priced_at_the_pace_of_finished_peers_and_unpriced_without_one():
+    study = _with("grid.evaluation", [{"name": "pgd-16", "attack": "pgd", "eps": ["16/255"]}])
+    random0, random1, gm0, gm1 = sorted(expand(load_study(study)), key=lambda j: (j.method != "random", j.seed))
+
+    def spent(distil, *evaluations):
+        return {"distil": distil, "evaluations": list(evaluations)}
+
+    statuses = [{"state": "finished", "seconds": spent(1.0, 10.0, 30.0)},
+                {"state": "evaluate", "missing": 1, "of": 2, "seconds": spent(3.0, 12.0, None)},
+                {"state": "finished", "seconds": spent(100.0, 20.0, None)},  # its further evaluation not run
+                {"state": "resume", "iteration": 1, "iterations": 4}]
+    jobs = [random0, random1, gm0, gm1]
+    # random seed 1 needs the further evaluation (30 s); gm seed 1 3/4 of a distillation and two
+    # evaluations, but no gm job has finished the further one
+    assert seconds_left(jobs, statuses) == {"seconds": 30.0, "unpriced": 1}
+    statuses[2]["seconds"]["evaluations"][1] = 50.0
+    assert seconds_left(jobs, statuses) == {"seconds": 30.0 + 75.0 + 20.0 + 50.0, "unpriced": 0}
+    assert seconds_left(jobs, statuses, [gm1]) == {"seconds": 145.0, "unpriced": 0}
+    statuses[3] = {"state": "distil"}
+    assert seconds_left(jobs, statuses, [gm1]) == {"seconds": 170.0, "unpriced": 0}
 
 
 def test_a_further_evaluation_reuses_the_sets_and_gets_its_own_tables(smoke_out, tmp_path, watched):

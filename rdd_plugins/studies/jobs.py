@@ -188,17 +188,30 @@ def finished_results(folder: Path, config: RunConfig) -> list[dict] | None:
 def job_status(out: str | Path, job: Job) -> dict:
     """What the job still needs, read from its folders without writing: ``finished``, ``evaluate``
     (its set is finished; ``missing`` of its evaluations are not), ``resume`` (a checkpoint at
-    ``iteration`` of ``iterations``) or ``distil``."""
+    ``iteration`` of ``iterations``) or ``distil``; with the ``seconds`` its finished parts took
+    (``distil``, and each of ``evaluations`` or None) once its set is finished."""
     from ..checkpoint import checkpoint_record
 
     folder = set_folder(out, job)
     if not folder.exists() and earlier_set_folder(out, job).is_dir():
         folder = earlier_set_folder(out, job)  # the runner adopts it when the job's shard starts
     evaluations = [job.config, *(config for _, config in job.extra)]
-    if finished_set_meta(folder, job.config) is not None:
-        missing = sum(finished_results(evaluation_in(folder, c), c) is None for c in evaluations)
-        return {"state": "evaluate", "missing": missing, "of": len(evaluations)} if missing else {"state": "finished"}
+    meta = finished_set_meta(folder, job.config)
+    if meta is not None:
+        results = [finished_results(evaluation_in(folder, c), c) for c in evaluations]
+        seconds = {"distil": meta.get("seconds"),
+                   "evaluations": [None if rows is None else evaluation_seconds(rows) for rows in results]}
+        missing = sum(rows is None for rows in results)
+        if missing:
+            return {"state": "evaluate", "missing": missing, "of": len(evaluations), "seconds": seconds}
+        return {"state": "finished", "seconds": seconds}
     if resumable(folder, job.config):
         record = checkpoint_record(folder) or {}
         return {"state": "resume", "iteration": record.get("iteration"), "iterations": job.config.distill.iterations}
     return {"state": "distil"}
+
+
+def evaluation_seconds(rows: list[dict]) -> float:
+    """Seconds an evaluation took: training its models, the clean pass and the attacks."""
+    return sum((seed.get("train_seconds") or 0.0) + (seed.get("clean_seconds") or 0.0)
+               + (seed.get("attack_seconds") or 0.0) for row in rows for seed in row.get("per_seed", []))

@@ -22,6 +22,7 @@ from .grid import Job, expand, load_study
 from .jobs import (adopt_earlier_folder, evaluation_folder, finished_results, finished_set_meta, job_status, parse_shard,
                    resumable, set_folder, shard_jobs)
 from .leaderboard import write_leaderboard
+from .pace import seconds_left
 from .preflight import check_jobs
 
 STUDY_FILE = "study.toml"  # the study as given, beside its results
@@ -138,9 +139,12 @@ def study_status(source: str | Path | dict, out: str | Path | None = None, *,
     study, jobs, (index, count) = _checked_jobs(source, shard)
     out = Path(out if out is not None else default_out(source))
     mine = shard_jobs(jobs, index, count)
-    rows = [{"job": job.title, **job_status(out, job)} for job in mine]
+    statuses = [job_status(out, job) for job in jobs]  # every shard's finished jobs set the pace
+    status_of = {id(job): status for job, status in zip(jobs, statuses)}
+    rows = [{"job": job.title, **status_of[id(job)]} for job in mine]
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
     return {"study": study.name, "out": str(out), "shard": [index, count], "jobs": len(jobs),
-            "shard_jobs": len(mine), "counts": counts, "rows": rows}
+            "shard_jobs": len(mine), "counts": counts, "rows": rows,
+            "left": seconds_left(jobs, statuses, mine)}
