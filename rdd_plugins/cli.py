@@ -407,10 +407,13 @@ def _print_study_status(args, shard: tuple[int, int]) -> int:
     index, count = status["shard"]
     shard_text = f" shard {index}/{count}:" if count > 1 else ""
     print(f"study {status['study']} in {status['out']}:{shard_text} {counts} (of {status['shard_jobs']} jobs)")
-    left, unpriced = status["left"]["seconds"], status["left"]["unpriced"]
-    if len(status["rows"]) > status["counts"].get("finished", 0):
-        priced = f"about {_duration(left)} left at the pace of the finished jobs of the same method and IPC"
-        print(priced + (f", and {unpriced} jobs with no such job to go by" if unpriced else ""))
+    unfinished, unpriced = len(status["rows"]) - status["counts"].get("finished", 0), status["left"]["unpriced"]
+    pace = "at the pace of the finished jobs of the same method and IPC"
+    if unpriced < unfinished:
+        print(f"about {_duration(status['left']['seconds'])} left {pace}"
+              + (f", and {unpriced} jobs with no such job to go by" if unpriced else ""))
+    elif unpriced:
+        print(f"no time estimate: no unfinished job ({unpriced}) has a finished job of the same method and IPC to go by")
     return 0
 
 

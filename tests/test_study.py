@@ -314,6 +314,9 @@ def test_status_says_what_each_job_needs_and_writes_nothing(smoke_out, tmp_path,
     assert "min left at the pace of the finished jobs" in capsys.readouterr().out
     assert sorted((p, p.stat().st_mtime_ns) for p in out.rglob("*")) == files and watched == {"distill": [], "evaluate": []}
     assert api.study_status(SMOKE, out=tmp_path / "none")["counts"] == {"distil": 4}
+    assert main(["study", str(SMOKE), "--out", str(tmp_path / "none"), "--status"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        "no time estimate: no unfinished job (4) has a finished job of the same method and IPC to go by"
     assert not (tmp_path / "none").exists()
 
 
