@@ -459,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say(world, None, "rdd: interrupted; finished parts were kept")
         return 130
+    except BrokenPipeError:
+        # The reader of stdout left (`rdd plugins | head -1`): end quietly, as a tool killed by SIGPIPE
+        # does, and point stdout at /dev/null so the interpreter's last flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except Exception as exc:  # e.g. a plugin rejecting a parameter value: still one line
         if os.environ.get("RDD_DEBUG"):
             raise

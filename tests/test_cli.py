@@ -36,6 +36,16 @@ def test_plugins_json_lists_every_kind():
     assert out["failed_plugins"] == []
 
 
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+    # `rdd plugins | head -1`: the pipe's read end is closed before rdd's first write.
+    env = {**os.environ, "RDD_NO_PROGRESS": "1"}
+    proc = subprocess.Popen([*RDD, "plugins"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=600) == 141, err
+    assert err == ""
+
+
 def test_distill_then_evaluate_on_synthetic(tmp_path):
     out = tmp_path / "run"
     rdd("distill", "--dataset", "synthetic", "--ipc", "2", "--distiller", "gm", "--regularizer", "curvature",

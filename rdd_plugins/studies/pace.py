@@ -40,10 +40,10 @@ def seconds_left(jobs: list[Job], statuses: list[dict], mine: list[Job] | None =
     pace; ``unpriced``: how many unfinished jobs have no finished peer for a part they need.
     ``statuses`` are jobs.job_status of ``jobs``, in order."""
     paces = _paces(jobs, statuses)
-    status_of = {id(job): status for job, status in zip(jobs, statuses)}
+    status_of = {job.title: status for job, status in zip(jobs, statuses)}  # titles are unique in a grid
     total, unpriced = 0.0, 0
     for job in jobs if mine is None else mine:
-        status = status_of[id(job)]
+        status = status_of[job.title]
         if status["state"] == "finished":
             continue
         pace = paces.get(_peer_key(job), {"distil": [], "evaluations": {}})

@@ -140,8 +140,8 @@ def study_status(source: str | Path | dict, out: str | Path | None = None, *,
     out = Path(out if out is not None else default_out(source))
     mine = shard_jobs(jobs, index, count)
     statuses = [job_status(out, job) for job in jobs]  # every shard's finished jobs set the pace
-    status_of = {id(job): status for job, status in zip(jobs, statuses)}
-    rows = [{"job": job.title, **status_of[id(job)]} for job in mine]
+    status_of = {job.title: status for job, status in zip(jobs, statuses)}
+    rows = [{"job": job.title, **status_of[job.title]} for job in mine]
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
