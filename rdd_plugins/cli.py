@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import select
 import signal
 import sys
 from pathlib import Path
@@ -459,12 +460,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say(world, None, "rdd: interrupted; finished parts were kept")
         return 130
-    except BrokenPipeError:
-        # The reader of stdout left (`rdd plugins | head -1`): end quietly, as a tool killed by SIGPIPE
-        # does, and point stdout at /dev/null so the interpreter's last flush does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + signal.SIGPIPE
     except Exception as exc:  # e.g. a plugin rejecting a parameter value: still one line
+        if isinstance(exc, BrokenPipeError) and _stdout_reader_gone():
+            # `rdd plugins | head -1`: end quietly, as a tool killed by SIGPIPE does, with stdout on
+            # /dev/null so the interpreter's last flush does not raise again. Another pipe breaking
+            # (a worker's) is an error like any other.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 128 + signal.SIGPIPE
         if os.environ.get("RDD_DEBUG"):
             raise
         text = " ".join(str(exc).split())
@@ -473,6 +475,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if joined:
             stop_world()
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose read end has closed (poll reports an error on its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no real file behind stdout, or no poll (Windows)
+        return False
 
 
 def _say(world, exc: BaseException | None, line: str) -> None:

@@ -46,6 +46,17 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly():
     assert err == ""
 
 
+def test_a_broken_pipe_that_is_not_stdout_is_an_error(monkeypatch, capsys):
+    from rdd_plugins import cli
+
+    def worker_gone(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setitem(cli.COMMANDS, "plugins", worker_gone)
+    assert cli.main(["plugins"]) == 1
+    assert capsys.readouterr().err.startswith("rdd: error: BrokenPipeError: [Errno 32] Broken pipe")
+
+
 def test_distill_then_evaluate_on_synthetic(tmp_path):
     out = tmp_path / "run"
     rdd("distill", "--dataset", "synthetic", "--ipc", "2", "--distiller", "gm", "--regularizer", "curvature",
