@@ -332,14 +332,18 @@ def test_the_time_left_is_priced_at_the_pace_of_finished_peers_and_unpriced_with
                 {"state": "finished", "seconds": spent(100.0, 20.0, None)},  # its further evaluation not run
                 {"state": "resume", "iteration": 1, "iterations": 4}]
     jobs = [random0, random1, gm0, gm1]
+
+    def left(mine=None):
+        return seconds_left(jobs, {job.title: status for job, status in zip(jobs, statuses)}, mine)
+
     # random seed 1 needs the further evaluation (30 s); gm seed 1 3/4 of a distillation and two
     # evaluations, but no gm job has finished the further one
-    assert seconds_left(jobs, statuses) == {"seconds": 30.0, "unpriced": 1}
+    assert left() == {"seconds": 30.0, "unpriced": 1}
     statuses[2]["seconds"]["evaluations"][1] = 50.0
-    assert seconds_left(jobs, statuses) == {"seconds": 30.0 + 75.0 + 20.0 + 50.0, "unpriced": 0}
-    assert seconds_left(jobs, statuses, [gm1]) == {"seconds": 145.0, "unpriced": 0}
+    assert left() == {"seconds": 30.0 + 75.0 + 20.0 + 50.0, "unpriced": 0}
+    assert left([gm1]) == {"seconds": 145.0, "unpriced": 0}
     statuses[3] = {"state": "distil"}
-    assert seconds_left(jobs, statuses, [gm1]) == {"seconds": 170.0, "unpriced": 0}
+    assert left([gm1]) == {"seconds": 170.0, "unpriced": 0}
 
 
 def test_a_further_evaluation_reuses_the_sets_and_gets_its_own_tables(smoke_out, tmp_path, watched):

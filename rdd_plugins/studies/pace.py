@@ -19,11 +19,11 @@ def _peer_key(job: Job) -> tuple:
     return job.dataset, job.ipc, job.method
 
 
-def _paces(jobs: list[Job], statuses: list[dict]) -> dict[tuple, dict]:
+def _paces(jobs: list[Job], status_of: dict[str, dict]) -> dict[tuple, dict]:
     """Per peer group: the seconds of its finished distillations and of each finished evaluation."""
     paces: dict[tuple, dict] = {}
-    for job, status in zip(jobs, statuses):
-        spent = status.get("seconds")
+    for job in jobs:
+        spent = status_of[job.title].get("seconds")
         if not spent:
             continue
         pace = paces.setdefault(_peer_key(job), {"distil": [], "evaluations": {}})
@@ -35,12 +35,11 @@ def _paces(jobs: list[Job], statuses: list[dict]) -> dict[tuple, dict]:
     return paces
 
 
-def seconds_left(jobs: list[Job], statuses: list[dict], mine: list[Job] | None = None) -> dict:
+def seconds_left(jobs: list[Job], status_of: dict[str, dict], mine: list[Job] | None = None) -> dict:
     """``seconds``: what the unfinished jobs among ``mine`` (default: all) still need at their peers'
     pace; ``unpriced``: how many unfinished jobs have no finished peer for a part they need.
-    ``statuses`` are jobs.job_status of ``jobs``, in order."""
-    paces = _paces(jobs, statuses)
-    status_of = {job.title: status for job, status in zip(jobs, statuses)}  # titles are unique in a grid
+    ``status_of`` maps each job's title (unique in a grid) to its jobs.job_status."""
+    paces = _paces(jobs, status_of)
     total, unpriced = 0.0, 0
     for job in jobs if mine is None else mine:
         status = status_of[job.title]

@@ -139,12 +139,11 @@ def study_status(source: str | Path | dict, out: str | Path | None = None, *,
     study, jobs, (index, count) = _checked_jobs(source, shard)
     out = Path(out if out is not None else default_out(source))
     mine = shard_jobs(jobs, index, count)
-    statuses = [job_status(out, job) for job in jobs]  # every shard's finished jobs set the pace
-    status_of = {job.title: status for job, status in zip(jobs, statuses)}
+    status_of = {job.title: job_status(out, job) for job in jobs}  # every shard's finished jobs set the pace
     rows = [{"job": job.title, **status_of[job.title]} for job in mine]
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
     return {"study": study.name, "out": str(out), "shard": [index, count], "jobs": len(jobs),
             "shard_jobs": len(mine), "counts": counts, "rows": rows,
-            "left": seconds_left(jobs, statuses, mine)}
+            "left": seconds_left(jobs, status_of, mine)}
