@@ -11,6 +11,7 @@ import select
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from .errors import RddError
 from .run.interrupt import Terminated, sigterm_unwinds
@@ -496,5 +497,13 @@ def _say(world, exc: BaseException | None, line: str) -> None:
         print(line.replace("rdd: ", f"rdd (rank {world.rank}/{world.size}): ", 1), file=sys.stderr)
 
 
+def console() -> NoReturn:
+    """The ``rdd`` command: :func:`main`, then leave the process as
+    :func:`~rdd_plugins.distributed.world.finish_process` does (past Gloo's teardown when a group ran)."""
+    from .distributed.world import finish_process
+
+    finish_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

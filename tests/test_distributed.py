@@ -165,3 +165,38 @@ def test_study_under_torchrun_deals_the_shards_jobs_across_ranks(monkeypatch):
     dealt = [shard_jobs(jobs, *taken[rank][0]) for rank in range(3)]
     assert sorted(j for part in dealt for j in part) == shard_jobs(jobs, 1, 2)
     assert [taken[rank][1] for rank in range(3)] == [True, False, False]  # bars on rank 0 only
+
+
+_FINISH = """
+import atexit, datetime, sys, tempfile
+from pathlib import Path
+import torch.distributed as dist
+from rdd_plugins.distributed.world import finish_process
+
+out, group = Path(sys.argv[1]), sys.argv[2] == "group"
+class Teardown:  # its __del__ runs only when the interpreter finalizes __main__
+    def __del__(self):
+        (out / "teardown").write_text("ran")
+keep = Teardown()
+left = tempfile.TemporaryDirectory(dir=out)  # never cleaned up here: its finalizer runs at exit
+atexit.register(lambda: (out / "atexit").write_text(str(dist.is_initialized())))
+if group:
+    dist.init_process_group("gloo", init_method=f"file://{out}/rdv", rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=60))
+    dist.all_reduce(__import__("torch").ones(2))
+print("written", end="")  # no newline: stays in the buffer unless flushed
+finish_process(3)
+"""
+
+
+@pytest.mark.parametrize("group", ["group", "none"])
+def test_finishing_a_process_runs_its_exit_handlers_and_skips_teardown_only_after_a_group(tmp_path, group):
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _FINISH, str(tmp_path), group], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (3, "written"), done.stderr
+    assert (tmp_path / "atexit").read_text() == "False"  # the group was left before the handlers ran
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # the temporary folder's finalizer ran
+    # After a group the interpreter's teardown (where Gloo's threads can abort) is skipped; without
+    # one the process exits the ordinary way.
+    assert (tmp_path / "teardown").exists() == (group == "none")

@@ -18,7 +18,7 @@ from torch import nn
 
 import rdd_plugins
 from rdd_plugins.distributed import work
-from rdd_plugins.distributed.world import World
+from rdd_plugins.distributed.world import World, finish_process, stop_world
 from rdd_plugins.evaluation import pipeline, robust
 from rdd_plugins.evaluation.robust import attack_batches, clean_correct, robust_correct
 
@@ -205,7 +205,7 @@ def _rank_main(rank: int, tmp: str) -> None:
         with open(f"{tmp}/rank{rank}.json", "w") as f:
             json.dump(out, f)
     finally:
-        dist.destroy_process_group()
+        stop_world()
 
 
 # A radius at which APGD-CE breaks every point of the linear model below (from its random start):
@@ -292,9 +292,6 @@ def test_two_gloo_ranks_match_one_process(make_config, tmp_path):
 
 if __name__ == "__main__":  # a rank of test_two_gloo_ranks_match_one_process
     _rank_main(int(sys.argv[1]), sys.argv[2])
-    # Leave without interpreter finalization, as tests/distributed/scenario.py does: Gloo's threads
-    # can abort it ("terminate called without an active exception", pytorch/pytorch#179291), as on
-    # CI once this rank had written everything the test reads. An exception above still exits 1.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    # Past the teardown Gloo's threads can abort (as on CI once this rank had written everything the
+    # test reads). An exception above still exits 1.
+    finish_process(0)

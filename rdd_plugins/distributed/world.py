@@ -10,9 +10,12 @@ exceed the longest phase one rank runs while the others wait for it (training th
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 
@@ -40,6 +43,7 @@ class World:
 
 
 _world = World()
+_group_ran = False  # a process group was joined in this process (and may be gone by now)
 
 
 def current_world() -> World:
@@ -124,6 +128,33 @@ def stop_world() -> None:
     global _world
     import torch.distributed as dist
 
+    global _group_ran
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        _group_ran = True
     _world = World()
+
+
+def finish_process(code: int) -> NoReturn:
+    """End this process with exit status ``code``, past the teardown that a process group can abort.
+
+    Gloo's worker threads can still hold tensors when the interpreter and the C++ runtime tear down,
+    and their release aborts the process ("terminate called without an active exception",
+    pytorch/pytorch#179291) after every file was written: a finished rank would exit 134 and
+    torchrun would report the command failed. So once a group has run here: leave it, run the
+    atexit handlers (logging's flush, tempfile's and weakref finalizers, a plugin's own), flush
+    stdout and stderr, and ``os._exit(code)``, which skips only the interpreter's finalization and
+    the C++ static destructors. A process that never joined a group exits the ordinary way.
+    """
+    import torch.distributed as dist
+
+    if not (_group_ran or (dist.is_available() and dist.is_initialized())):
+        sys.exit(code)
+    stop_world()
+    atexit._run_exitfuncs()  # noqa: SLF001 - the handlers sys.exit would run; prints, never raises
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader gone (`| head`) or a stream closed: nothing to save
+            pass
+    os._exit(code)

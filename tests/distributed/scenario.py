@@ -29,7 +29,7 @@ sys.path.insert(0, str(TESTS))
 from conftest import tiny_config  # noqa: E402
 
 from rdd_plugins import cli, config as config_io  # noqa: E402
-from rdd_plugins.distributed.world import current_world, restart_count, start_world, stop_world  # noqa: E402
+from rdd_plugins.distributed.world import current_world, finish_process, restart_count, start_world  # noqa: E402
 from rdd_plugins.errors import RddError  # noqa: E402
 
 BN = {"name": "convnet", "params": {"width": 8, "depth": 2, "norm": "batch"}}
@@ -145,12 +145,6 @@ if __name__ == "__main__":
     except BaseException:  # noqa: BLE001 - said below, and the exit code says it to the test
         traceback.print_exc()
         code = 1
-    finally:
-        stop_world()
-    # Leave without interpreter finalization: Gloo's worker threads can still hold tensors whose
-    # release then aborts the process ("terminate called without an active exception",
-    # pytorch/pytorch#179291), as it did twice on CI after this scenario had written everything,
-    # even with the group destroyed first. What the test checks is written by now.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    # Leaves the group and skips the teardown Gloo's threads can abort (as it did twice on CI after
+    # this scenario had written everything), as the rdd command does.
+    finish_process(code)
