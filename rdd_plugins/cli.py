@@ -10,6 +10,7 @@ import re
 import select
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import NoReturn
 
@@ -499,10 +500,20 @@ def _say(world, exc: BaseException | None, line: str) -> None:
 
 def console() -> NoReturn:
     """The ``rdd`` command: :func:`main`, then leave the process as
-    :func:`~rdd_plugins.distributed.world.finish_process` does (past Gloo's teardown when a group ran)."""
+    :func:`~rdd_plugins.distributed.world.finish_process` does (past Gloo's teardown when a group ran),
+    whichever way main ended (``RDD_DEBUG=1`` lets an error out; a plugin may raise SystemExit)."""
     from .distributed.world import finish_process
 
-    finish_process(main())
+    try:
+        code = main()
+    except SystemExit as exc:
+        code = exc.code
+    except KeyboardInterrupt:  # one landing outside main's own handling, e.g. while leaving the group
+        code = 128 + signal.SIGINT
+    except BaseException:  # noqa: BLE001 - as the interpreter reports an uncaught error, then exit 1
+        traceback.print_exc()
+        code = 1
+    finish_process(code)
 
 
 if __name__ == "__main__":

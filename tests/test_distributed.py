@@ -167,36 +167,54 @@ def test_study_under_torchrun_deals_the_shards_jobs_across_ranks(monkeypatch):
     assert [taken[rank][1] for rank in range(3)] == [True, False, False]  # bars on rank 0 only
 
 
+
 _FINISH = """
-import atexit, datetime, sys, tempfile
+import atexit, datetime, sys, tempfile, threading, time
 from pathlib import Path
 import torch.distributed as dist
-from rdd_plugins.distributed.world import finish_process
+from rdd_plugins import cli
+from rdd_plugins.distributed.world import finish_process, stop_world
 
-out, group = Path(sys.argv[1]), sys.argv[2] == "group"
+out, mode = Path(sys.argv[1]), sys.argv[2]
 class Teardown:  # its __del__ runs only when the interpreter finalizes __main__
     def __del__(self):
         (out / "teardown").write_text("ran")
 keep = Teardown()
 left = tempfile.TemporaryDirectory(dir=out)  # never cleaned up here: its finalizer runs at exit
 atexit.register(lambda: (out / "atexit").write_text(str(dist.is_initialized())))
-if group:
+threading.Thread(target=lambda: (time.sleep(0.5), (out / "thread").write_text("done"))).start()
+if mode != "none":
     dist.init_process_group("gloo", init_method=f"file://{out}/rdv", rank=0, world_size=1,
                             timeout=datetime.timedelta(seconds=60))
     dist.all_reduce(__import__("torch").ones(2))
+if mode == "left":  # as rdd's main does before it returns
+    stop_world()
 print("written", end="")  # no newline: stays in the buffer unless flushed
+if mode == "console":  # the rdd command, its main ending in a plugin's SystemExit
+    cli.main = lambda: sys.exit("a plugin gave up")
+    cli.console()
 finish_process(3)
 """
 
 
-@pytest.mark.parametrize("group", ["group", "none"])
-def test_finishing_a_process_runs_its_exit_handlers_and_skips_teardown_only_after_a_group(tmp_path, group):
+@pytest.mark.parametrize("mode", ["group", "left", "console", "none"])
+def test_finishing_a_process_does_what_exit_does_and_skips_teardown_only_after_a_group(tmp_path, mode):
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", _FINISH, str(tmp_path), group], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-c", _FINISH, str(tmp_path), mode], env=env, capture_output=True,
                           text=True, timeout=120)
-    assert (done.returncode, done.stdout) == (3, "written"), done.stderr
+    # sys.exit's reading of the status: a message is printed and means 1
+    assert (done.returncode, done.stdout) == ((1, "written") if mode == "console" else (3, "written")), done.stderr
+    assert ("a plugin gave up" in done.stderr) == (mode == "console")
+    assert (tmp_path / "thread").read_text() == "done"  # non-daemon threads were waited for
     assert (tmp_path / "atexit").read_text() == "False"  # the group was left before the handlers ran
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # the temporary folder's finalizer ran
-    # After a group the interpreter's teardown (where Gloo's threads can abort) is skipped; without
-    # one the process exits the ordinary way.
-    assert (tmp_path / "teardown").exists() == (group == "none")
+    # After a group, left or not, the interpreter's teardown (where Gloo's threads can abort) is
+    # skipped; without one the process exits the ordinary way.
+    assert (tmp_path / "teardown").exists() == (mode == "none")
+
+
+def test_the_rdd_command_is_the_console_entry():
+    from rdd_plugins.config.toml_io import load_toml
+
+    declared = load_toml(Path(__file__).parents[1] / "pyproject.toml")
+    assert declared["project"]["scripts"]["rdd"] == "rdd_plugins.cli:console"

@@ -14,6 +14,7 @@ import atexit
 import datetime
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -90,7 +91,7 @@ def start_world() -> World:
     the command resolves to, its collectives have a backend. Without CUDA, gloo. A plain ``rdd``
     (no torchrun) stays one process.
     """
-    global _world
+    global _world, _group_ran
     import torch.distributed as dist
 
     size = launched_size()
@@ -119,6 +120,7 @@ def start_world() -> World:
     store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
     store = dist.PrefixStore(f"rdd/attempt-{restart_count()}", store)
     dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
+    _group_ran = True
     _world = World(rank, size, local_rank)
     return _world
 
@@ -130,27 +132,49 @@ def stop_world() -> None:
 
     global _group_ran
     if dist.is_available() and dist.is_initialized():
+        _group_ran = True  # also for a group joined without start_world (a script's own)
         dist.destroy_process_group()
-        _group_ran = True
     _world = World()
 
 
-def finish_process(code: int) -> NoReturn:
-    """End this process with exit status ``code``, past the teardown that a process group can abort.
+def finish_process(code: int | str | None) -> NoReturn:
+    """End this process as ``sys.exit(code)`` would, past the teardown that a process group can abort.
 
     Gloo's worker threads can still hold tensors when the interpreter and the C++ runtime tear down,
     and their release aborts the process ("terminate called without an active exception",
     pytorch/pytorch#179291) after every file was written: a finished rank would exit 134 and
-    torchrun would report the command failed. So once a group has run here: leave it, run the
-    atexit handlers (logging's flush, tempfile's and weakref finalizers, a plugin's own), flush
-    stdout and stderr, and ``os._exit(code)``, which skips only the interpreter's finalization and
-    the C++ static destructors. A process that never joined a group exits the ordinary way.
+    torchrun would report the command failed. So once a group has run here, do what a normal exit
+    does up to that teardown: leave the group, wait for the non-daemon threads (and the executors'
+    queued work), run the atexit handlers (logging's flush, tempfile's and weakref finalizers, a
+    plugin's own), flush stdout and stderr; then ``os._exit``. Skipped: the interpreter's
+    finalization (objects' ``__del__`` at shutdown, buffered files nobody closed) and the C++ static
+    destructors. A process that never joined a group exits the ordinary way. ``code`` is read as
+    ``sys.exit`` reads it: None is 0, an int is the status, anything else is printed and means 1.
     """
+    import threading
+
     import torch.distributed as dist
 
     if not (_group_ran or (dist.is_available() and dist.is_initialized())):
         sys.exit(code)
-    stop_world()
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    try:
+        stop_world()
+    except BaseException:  # noqa: BLE001 - the command's work is done; say why, keep its status
+        traceback.print_exc()
+    # What the interpreter runs first at exit (private, as the interpreter's own call; public join as
+    # a fallback).
+    wait_for_threads = getattr(threading, "_shutdown", None)
+    if wait_for_threads is not None:
+        wait_for_threads()
+    else:
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join()
     atexit._run_exitfuncs()  # noqa: SLF001 - the handlers sys.exit would run; prints, never raises
     for stream in (sys.stdout, sys.stderr):
         try:
