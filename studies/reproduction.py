@@ -66,8 +66,9 @@ def _line(method: str, ipc: int, published: str, published_mean: float, entry: d
     values = entry["clean"]
     ours = sum(values) / len(values)
     spread = math.sqrt(sum((v - ours) ** 2 for v in values) / len(values))
+    difference = round(ours - published_mean, 1) + 0.0  # + 0.0: -0.0 reads as +0.0
     return (f"| {method} | {ipc} | {published} | {ours:.1f} ± {spread:.1f} | "
-            f"{entry['sets']} × {len(values) // entry['sets']} | {ours - published_mean:+.1f} |")
+            f"{entry['sets']} × {len(values) // entry['sets']} | {difference:+.1f} |")
 
 
 if __name__ == "__main__":
