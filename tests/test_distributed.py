@@ -167,7 +167,6 @@ def test_study_under_torchrun_deals_the_shards_jobs_across_ranks(monkeypatch):
     assert [taken[rank][1] for rank in range(3)] == [True, False, False]  # bars on rank 0 only
 
 
-
 _FINISH = """
 import atexit, datetime, sys, tempfile, threading, time
 from pathlib import Path

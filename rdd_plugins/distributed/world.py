@@ -127,10 +127,9 @@ def start_world() -> World:
 
 def stop_world() -> None:
     """Leave the process group (at the end of a command)."""
-    global _world
+    global _world, _group_ran
     import torch.distributed as dist
 
-    global _group_ran
     if dist.is_available() and dist.is_initialized():
         _group_ran = True  # also for a group joined without start_world (a script's own)
         dist.destroy_process_group()
