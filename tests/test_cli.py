@@ -18,8 +18,8 @@ TINY = ["--set", 'data.params={num_classes = 3, image_size = 8, per_class = 12}'
 TINY_EVAL = ["--set", "evaluate.epochs=5", "--set", "evaluate.attack_params={steps = 2}"]
 
 
-def rdd(*args, check=True):
-    env = {**os.environ, "RDD_NO_PROGRESS": "1"}
+def rdd(*args, check=True, env=None):
+    env = {**os.environ, "RDD_NO_PROGRESS": "1", **(env or {})}
     proc = subprocess.run([*RDD, *args], capture_output=True, text=True, env=env, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"rdd {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
@@ -60,10 +60,12 @@ def test_a_broken_pipe_that_is_not_stdout_is_an_error(monkeypatch, capsys):
 def test_distill_then_evaluate_on_synthetic(tmp_path):
     out = tmp_path / "run"
     rdd("distill", "--dataset", "synthetic", "--ipc", "2", "--distiller", "gm", "--regularizer", "curvature",
-        "--backbone", "convnet", "--iterations", "2", "--seed", "3", "--out", str(out), *TINY)
+        "--backbone", "convnet", "--iterations", "2", "--seed", "3", "--out", str(out), *TINY,
+        env={"OMP_NUM_THREADS": "1"})
     assert {"images.safetensors", "meta.json", "config.toml", "history.json"} <= {p.name for p in out.iterdir()}
     meta = json.loads((out / "meta.json").read_text())
     assert meta["regularizer"] == "curvature" and meta["seed"] == 3 and meta["config"]["distill"]["ipc"] == 2
+    assert meta["cpu_threads"] == 1  # what its seconds were measured with
     assert "torch" in meta["versions"]
 
     proc = rdd("evaluate", str(out), "--attack", "fgsm", "--eps", "2/255", "0.1", "--seeds", "2",

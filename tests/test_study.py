@@ -130,12 +130,14 @@ def test_set_key_ignores_evaluate_and_evaluation_key_is_evaluate_alone(tmp_path)
 def test_settings_no_set_depends_on_leave_its_key_as_it_was():
     changed = copy.deepcopy(GRID)
     changed["base"]["distill"].update(checkpoint_every=3, iterations=7)
+    changed["base"]["data"]["root"] = "/mnt/elsewhere"  # the same dataset, found in another place
     for method, same in (("random", True), ("gm", False)):  # a one-shot selector has no budget
         job, other = _first_job(GRID, method), _first_job(changed, method)
         assert (set_key(job.config) == set_key(other.config)) is same
         only_checkpoints = copy.deepcopy(other.config.to_dict())
         only_checkpoints["distill"]["iterations"] = job.config.distill.iterations
         assert set_part(only_checkpoints) == set_part(job.config)
+        assert set_part(only_checkpoints)["data"]["root"] == ""
     # keyed at the defaults, not left out: a job at its defaults keeps the name it had before
     gm = _first_job(GRID, "gm").config.to_dict()
     assert set_part(gm) == {k: v for k, v in gm.items() if k != "evaluate"}
@@ -191,6 +193,9 @@ def _with(path: str, value):
     (_with("grid.method.1.regulariser", "none"), r"unknown key grid.method\[1\].regulariser"),
     (_with("base.evaluate.n_tests", 3), r"study \[base\]: unknown config key evaluate.'n_tests'"),
     (_with("grid.baseline", "dc"), "grid.baseline 'dc' names no method"),
+    (_with("grid.baseline", ["random", "dc"]), "grid.baseline 'dc' names no method"),
+    (_with("grid.baseline", ["random", "random"]), "grid.baseline lists a method twice"),
+    (_with("grid.baseline", 1), "grid.baseline must be a method's name or a list of them"),
     (_with("grid.method.1.iterations", "many"), r"grid.method\[1\].iterations must be an integer >= 0"),
     (_with("grid.ipc", [2, 0]), "grid.ipc must hold integers >= 1"),
     (_with("grid.method.1.distiller", "gmm"), "unknown distiller 'gmm'"),
@@ -228,7 +233,7 @@ def test_smoke_study_writes_a_leaderboard_with_both_methods(smoke_out):
     board = json.loads((smoke_out / "leaderboard.json").read_text())
     assert board["jobs"] == {"total": 4, "finished": 4}
     (group,) = board["groups"]
-    assert (group["dataset"], group["ipc"], group["backbone"]) == ("synthetic", 2, "convnet")
+    assert (group["dataset"], group["ipc"], group["backbone"]) == ("synthetic", 2, "convnet (depth=2, width=8)")
     assert [m["method"] for m in group["methods"]] == ["random", "gm+curvature"]
     assert all(m["seeds"] == [0, 1] and m["clean"]["n"] == 2 and "Linf 8/255" in m["worst"]
                for m in group["methods"])
@@ -511,3 +516,35 @@ def test_leaderboard_pairs_same_seed_jobs_and_draws_robust_vs_ipc(tmp_path):
     assert ipc10["methods"][1]["worst"]["Linf 8/255"] == {"mean": 42.0, "std": 0.0, "n": 1}
     assert write_plots(tmp_path, board) == ["synthetic_robust_vs_eps.png", "synthetic_robust_vs_ipc.png",
                                             "synthetic_robust_vs_seconds.png"]
+
+
+def test_backbones_of_other_params_get_their_own_tables_each_paired_against_its_baseline():
+    # SRe2L's sets on a BatchNorm ConvNet beside DC's on the instance-norm one: no difference may be
+    # taken across the two, and each table pairs against the first listed baseline it has
+    from rdd_plugins.studies.leaderboard import backbone_label, leaderboard
+
+    study = load_study({"base": {"data": {"dataset": "synthetic"}, "backbone": {"params": {"width": 8}}},
+                        "grid": {"ipc": [1], "seed": [0, 1], "baseline": ["random", "sre2l"],
+                                 "method": [{"name": "random", "distiller": "random", "params": {}},
+                                            {"name": "gm"},
+                                            {"name": "sre2l", "backbone_params": {"norm": "batch"}},
+                                            {"name": "sre2l+curvature", "backbone_params": {"norm": "batch"}}]}})
+    jobs = expand(study)
+    records = []
+    for j in jobs:
+        gain = {"random": 0.0, "gm": 1.0, "sre2l": 10.0, "sre2l+curvature": 13.0 + j.seed}[j.method]
+        row = make_row({"pgd": {"8/255": 30.0 + gain}}, clean=70.0)
+        row["evaluation"]["backbone_params"] = j.config.backbone.params
+        records.append({"dataset": j.dataset, "ipc": j.ipc, "method": j.method, "seed": j.seed,
+                        "backbone": backbone_label(row), "seconds": 1.0, "row": row})
+    board = leaderboard(study, jobs, records)
+    assert board["baselines"] == ["random", "sre2l"]
+    instance, batch = board["groups"]
+    assert (instance["backbone"], batch["backbone"]) == ("convnet (width=8)", "convnet (norm=batch, width=8)")
+    assert [m["method"] for m in instance["methods"]] == ["random", "gm"]
+    assert [m["method"] for m in batch["methods"]] == ["sre2l", "sre2l+curvature"]
+    assert instance["paired"]["baseline"] == "random" and instance["over_random"]["random"] == "random"
+    assert batch["paired"]["baseline"] == "sre2l" and batch["over_random"] is None
+    (diff,) = batch["paired"]["methods"]
+    assert diff["method"] == "sre2l+curvature" and diff["differences"]["Linf 8/255"]["mean"] == 3.5
+    assert backbone_label({"backbone": "resnet18", "evaluation": {}}) == "resnet18"

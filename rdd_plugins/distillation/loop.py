@@ -308,6 +308,9 @@ def package(run: Progress, distiller, context: DistillContext, config: RunConfig
         "interrupted": run.interrupted,
         "stopped_early": run.stopped_early,
         "seconds": round(seconds, 3),
+        # seconds compare only between runs of the same intra-op thread count (docs/decisions.md);
+        # a resumed run records its last leg's
+        "cpu_threads": torch.get_num_threads(),
         "device": str(context.device),
         "runtime": runtime.record(),
         "config": config.to_dict(),

@@ -62,7 +62,9 @@ class Study:
     ipcs: list[int]
     seeds: list[int]
     methods: list[Method]
-    baseline: str = ""
+    # paired against: per leaderboard table, the first of these that the table has (a study whose
+    # methods run on different backbones names one baseline per backbone, e.g. random and sre2l)
+    baselines: tuple[str, ...] = ()
     source: dict = field(default_factory=dict)  # the study as written, kept beside its results
     evaluations: list[Evaluation] = field(default_factory=list)
 
@@ -105,14 +107,25 @@ def load_study(source: str | Path | dict, name: str = "") -> Study:
         ipcs=_integers(grid.get("ipc", [base_config.distill.ipc]), "grid.ipc", minimum=1),
         seeds=_integers(grid.get("seed", [base_config.seed]), "grid.seed", minimum=0),
         methods=_methods(grid.get("method"), base_config),
-        baseline=grid.get("baseline", ""),
+        baselines=_baselines(grid.get("baseline", ())),
         source=data,
     )
     study.evaluations = _evaluations(grid.get("evaluation"), study.ipcs)
     names = [m.name for m in study.methods]
-    if not isinstance(study.baseline, str) or (study.baseline and study.baseline not in names):
-        raise RddError(f"grid.baseline {study.baseline!r} names no method; methods: {', '.join(names)}")
+    for baseline in study.baselines:
+        if baseline not in names:
+            raise RddError(f"grid.baseline {baseline!r} names no method; methods: {', '.join(names)}")
     return study
+
+
+def _baselines(value) -> tuple[str, ...]:
+    """grid.baseline: a method's name, or a list of them ("" or [] for none)."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise RddError(f"grid.baseline must be a method's name or a list of them, not {value!r}")
+    if len(set(names)) != len(names):
+        raise RddError(f"grid.baseline lists a method twice: {value!r}")
+    return tuple(n for n in names if n)
 
 
 def expand(study: Study) -> list[Job]:

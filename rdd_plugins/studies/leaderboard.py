@@ -1,5 +1,5 @@
 """The study's leaderboard: every finished job's results gathered into one table per dataset, IPC,
-evaluation backbone and evaluation (the main one, then each of ``[[grid.evaluation]]``), with paired
+evaluation backbone (its name and parameters) and evaluation (the main one, then each of ``[[grid.evaluation]]``), with paired
 differences, protocol flags, and plots (of the main evaluation).
 
 Only the jobs of the current grid count, each read from its own keyed folder: whichever shard
@@ -19,7 +19,7 @@ from .checks import protocol_flags
 from .grid import Job, Study
 from .jobs import evaluation_folder, finished_results, set_folder
 
-SCHEMA = "rdd-study-leaderboard/1"
+SCHEMA = "rdd-study-leaderboard/2"  # 2: "baselines" (a list) and backbones named with their params
 # leaderboard.json's decimals; statistics stay unrounded until written, so leaderboard.md's two
 # decimals are rounded once, from the exact value (rounding twice moved some cells by 0.01)
 JSON_DECIMALS = 4
@@ -45,9 +45,19 @@ def collect(out: Path, jobs: list[Job]) -> list[dict]:
             seconds = seconds if seconds is not None else _distill_seconds(set_folder(out, job))
             for row in rows:
                 records.append({"dataset": job.dataset, "ipc": job.ipc, "method": job.method, "seed": job.seed,
-                                "backbone": row["backbone"], "evaluation": evaluation, "seconds": seconds,
+                                "backbone": backbone_label(row), "evaluation": evaluation, "seconds": seconds,
                                 "row": row})
     return records
+
+
+def backbone_label(row: dict) -> str:
+    """The evaluation backbone as the tables name it: its name and parameters. Rows of different
+    parameters (SRe2L's BatchNorm ConvNet beside DC's instance-norm one) go to different tables, so
+    that no difference is taken across architectures."""
+    params = (row.get("evaluation") or {}).get("backbone_params") or {}
+    if not params:
+        return row["backbone"]
+    return f"{row['backbone']} ({', '.join(f'{k}={params[k]}' for k in sorted(params))})"
 
 
 def _distill_seconds(folder: Path) -> float | None:
@@ -136,12 +146,14 @@ def _differences(by_method: dict[str, list[dict]], reference: str, keys: list[st
     return entries
 
 
-def group_table(records: list[dict], methods: list[str], baseline: str, random_method: str) -> dict:
+def group_table(records: list[dict], methods: list[str], baselines: tuple[str, ...], random_method: str) -> dict:
     first = records[0]
     columns = _columns(records)
     names = [column_name(t, e) for t, e in columns]
     by_method = {m: [r for r in records if r["method"] == m] for m in methods}
     by_method = {m: rs for m, rs in by_method.items() if rs}
+    baseline = next((b for b in baselines if b in by_method), "")
+    random_method = random_method if random_method in by_method else ""
     return {
         "dataset": first["dataset"], "ipc": first["ipc"], "backbone": first["backbone"],
         "evaluation": first.get("evaluation", MAIN),
@@ -172,7 +184,7 @@ def leaderboard(study: Study, jobs: list[Job], records: list[dict]) -> dict:
     keys = list(dict.fromkeys(group_key(r) for r in records))
     keys.sort(key=lambda k: (evaluations.index(k[3]), [d.name for d in study.datasets].index(k[0]),
                              study.ipcs.index(k[1])))
-    groups = [group_table([r for r in records if group_key(r) == key], methods, study.baseline, random_method)
+    groups = [group_table([r for r in records if group_key(r) == key], methods, study.baselines, random_method)
               for key in keys]
     flags = [{"dataset": r["dataset"], "ipc": r["ipc"], "method": r["method"], "seed": r["seed"],
               "backbone": r["backbone"], "evaluation": r.get("evaluation", MAIN), "flags": protocol_flags(r["row"])}
@@ -182,7 +194,7 @@ def leaderboard(study: Study, jobs: list[Job], records: list[dict]) -> dict:
         "schema": SCHEMA, "study": study.name,
         "jobs": {"total": len(jobs), "finished": len({(r["dataset"], r["ipc"], r["method"], r["seed"])
                                                       for r in main})},
-        "baseline": study.baseline, "random_method": random_method,
+        "baselines": list(study.baselines), "random_method": random_method,
         "groups": groups,
         "flags": [f for f in flags if f["flags"]],
     }

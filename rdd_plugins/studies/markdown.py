@@ -58,7 +58,9 @@ def leaderboard_markdown(board: dict, plots: list[str]) -> str:
     lines = [
         f"# Study {board['study']}: leaderboard", "",
         f"{jobs['finished']} of {jobs['total']} jobs finished; this file is rewritten after every "
-        f"finished job. Per dataset, IPC and evaluation backbone: mean ± std (ddof 0) over run seeds of "
+        f"finished job. Per dataset, IPC and evaluation backbone (with its parameters: no difference is "
+        f"taken across backbones, and each table is paired against the first of the study's baselines it "
+        f"has): mean ± std (ddof 0) over run seeds of "
         f"each job's clean and worst-case robust accuracy in % (a job's number is the mean over its "
         f"evaluation models), and the distillation time in seconds (the set's meta.json; a resumed run "
         f"counts every leg up to its checkpoints). A worst-case column counts points correct under every attack at "
