@@ -548,3 +548,12 @@ def test_backbones_of_other_params_get_their_own_tables_each_paired_against_its_
     (diff,) = batch["paired"]["methods"]
     assert diff["method"] == "sre2l+curvature" and diff["differences"]["Linf 8/255"]["mean"] == 3.5
     assert backbone_label({"backbone": "resnet18", "evaluation": {}}) == "resnet18"
+
+
+def test_each_method_keeps_one_look_that_no_other_method_has():
+    from rdd_plugins.studies.plots import method_styles
+
+    methods = [f"method{i}" for i in range(13)]  # the Fashion-MNIST study's count: past one colour cycle
+    styles = method_styles(methods)
+    assert len({(s["color"], s["marker"]) for s in styles.values()}) == 13
+    assert method_styles(methods[:4]) == {m: styles[m] for m in methods[:4]}  # the order decides, not the count
