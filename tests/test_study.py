@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 import rdd_plugins
 from rdd_plugins import api, plugins
@@ -245,6 +246,28 @@ def test_smoke_study_writes_a_leaderboard_with_both_methods(smoke_out):
     text = (smoke_out / "leaderboard.md").read_text()
     assert "| random | 2 |" in text and "| gm+curvature | 2 |" in text and "Paired against `random`" in text
     assert len(list((smoke_out / "jobs").glob("*/evaluation/*/results.json"))) == 4
+
+
+def test_a_jobs_numbers_are_those_of_the_same_config_run_by_hand(smoke_out, tmp_path):
+    # what the leaderboard says of a method is what `rdd distill` + `rdd evaluate` of its jobs'
+    # configs give: the study adds bookkeeping, not numbers
+    study = load_study(smoke_study())
+    jobs = [j for j in expand(study) if j.method == "gm+curvature"]
+    by_hand = []
+    for job in jobs:
+        folder = set_folder(smoke_out, job)
+        single = api.distill(folder / "config.toml", out=tmp_path / f"seed{job.seed}", progress=False)
+        assert torch.equal(single.images, rdd_plugins.load_distilled(folder).images)
+        (row,) = api.evaluate(single, evaluation_folder(smoke_out, job) / "config.toml", progress=False)
+        (kept,) = json.loads((evaluation_folder(smoke_out, job) / "results.json").read_text())["results"]
+        assert row["summary"]["clean"] == kept["summary"]["clean"]
+        assert row["summary"]["worst"] == kept["summary"]["worst"]
+        by_hand.append(row["summary"])
+    (group,) = json.loads((smoke_out / "leaderboard.json").read_text())["groups"]
+    (entry,) = [m for m in group["methods"] if m["method"] == "gm+curvature"]
+    assert entry["clean"]["mean"] == pytest.approx(sum(s["clean"]["mean"] for s in by_hand) / 2, abs=1e-4)
+    assert entry["worst"]["Linf 8/255"]["mean"] == pytest.approx(
+        sum(s["worst"]["Linf"]["8/255"]["mean"] for s in by_hand) / 2, abs=1e-4)
 
 
 def test_a_rerun_runs_no_job(smoke_out, tmp_path, watched):
