@@ -69,10 +69,12 @@ def _legacy_fingerprint(config: dict) -> str:
 
 
 def save_checkpoint(folder: str | Path, *, iteration: int, state: dict, history: list[dict],
-                    fingerprint: str, device: torch.device | str | None = None, seconds: float | None = None) -> Path:
+                    fingerprint: str, device: torch.device | str | None = None, seconds: float | None = None,
+                    cpu_threads: list[int] | None = None) -> Path:
     """Save after ``iteration`` finished iterations; ``state`` is tensors and JSON-able values;
     ``device``, the run's, lets a resume elsewhere say that it is not exact; ``seconds``, what the
-    run has spent so far, lets a resumed run report what all its legs took."""
+    run has spent so far, lets a resumed run report what all its legs took; ``cpu_threads``, the
+    thread counts they ran with, whether those seconds compare."""
     folder = Path(folder)
     tensors = capture_rng()
     plain = {}
@@ -92,6 +94,8 @@ def save_checkpoint(folder: str | Path, *, iteration: int, state: dict, history:
         record["device"] = torch.device(device).type
     if seconds is not None:
         record["seconds"] = round(float(seconds), 3)
+    if cpu_threads is not None:
+        record["cpu_threads"] = [int(t) for t in cpu_threads]
     doc = json.dumps(record)
     atomic_write(folder / CHECKPOINT_FILE,
                  lambda tmp: save_file(tensors, tmp, metadata={"format": "rdd-checkpoint", "json": doc}))
@@ -150,6 +154,15 @@ def checkpoint_fingerprint(folder: str | Path) -> str | None:
     """The fingerprint of the checkpoint in ``folder``; None when it has none, or none readable."""
     record = checkpoint_record(folder)
     return None if record is None else _comparable(record.get("fingerprint"))
+
+
+def checkpoint_threads(folder: str | Path) -> list[int] | None:
+    """The intra-op thread counts the run's legs had run with when the checkpoint in ``folder`` was
+    written; None when it does not say (written before checkpoints recorded them) or cannot be read."""
+    threads = (checkpoint_record(folder) or {}).get("cpu_threads")
+    if not isinstance(threads, list) or not all(isinstance(t, int) for t in threads):
+        return None
+    return threads
 
 
 def checkpoint_seconds(folder: str | Path) -> float:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import (checkpoint_fingerprint, checkpoint_seconds, load_checkpoint, restore_rng, run_fingerprint,
-                          save_checkpoint)
+from ..checkpoint import (checkpoint_fingerprint, checkpoint_seconds, checkpoint_threads, load_checkpoint, restore_rng,
+                          run_fingerprint, save_checkpoint)
 from ..config import RunConfig, to_toml
 from ..distributed.work import any_rank, broadcast_from, fail_together
 from ..distributed.world import World, current_world, restart_count
@@ -50,10 +50,16 @@ class Progress:
     terminated: bool = False  # the stop came as SIGTERM (a scheduler's), not Ctrl-C
     leg_started: float = field(default_factory=time.perf_counter)  # this command's start
     seconds_before: float = 0.0  # what earlier legs spent up to the checkpoint this one resumed
+    # the intra-op thread counts earlier legs ran with; None: a checkpoint from before they were kept
+    threads_before: list[int] | None = field(default_factory=list)
 
     def seconds(self) -> float:
         """What the run has spent: the earlier legs up to their checkpoint, and this one so far."""
         return self.seconds_before + time.perf_counter() - self.leg_started
+
+    def threads(self) -> list[int] | None:
+        """Every thread count the run's seconds were spent with (None when an earlier leg's is unknown)."""
+        return None if self.threads_before is None else sorted({*self.threads_before, torch.get_num_threads()})
 
 
 @scoped_numerics
@@ -148,7 +154,8 @@ class RunOutput:
         if self.where is None:
             return
         save_checkpoint(self.where, iteration=run.completed, state=run.state, history=run.history,
-                        fingerprint=self.fingerprint, device=self.device, seconds=run.seconds())
+                        fingerprint=self.fingerprint, device=self.device, seconds=run.seconds(),
+                        cpu_threads=run.threads())
         run.saved = run.completed
         if self.staged is not None:
             self.staged.publish()  # the new run has something to show: it replaces the old one now
@@ -211,7 +218,8 @@ def resume_run(folder: Path, device: torch.device, resolved: dict, iterations: i
     if finished is not None:
         return finished
     restore_rng(rng)
-    return Progress(state, completed, history, saved=completed, seconds_before=checkpoint_seconds(folder))
+    return Progress(state, completed, history, saved=completed, seconds_before=checkpoint_seconds(folder),
+                    threads_before=checkpoint_threads(folder))
 
 
 def _finished_set(folder: Path, iterations: int) -> DistilledSet | None:
@@ -290,6 +298,7 @@ def package(run: Progress, distiller, context: DistillContext, config: RunConfig
             seconds: float, runtime: Runtime) -> DistilledSet:
     """The distiller's result with its meta: what made it, on what, and how far its run got."""
     dcfg = config.distill
+    threads = run.threads()
     # a relabelling distiller adds soft labels, and with per-crop relabelling the crop boxes
     images, labels, *relabel = distiller.result(run.state, context)
     if len(relabel) > 2:
@@ -308,9 +317,9 @@ def package(run: Progress, distiller, context: DistillContext, config: RunConfig
         "interrupted": run.interrupted,
         "stopped_early": run.stopped_early,
         "seconds": round(seconds, 3),
-        # seconds compare only between runs of the same intra-op thread count (docs/decisions.md);
-        # a resumed run records its last leg's
-        "cpu_threads": torch.get_num_threads(),
+        # seconds compare only between runs of the same intra-op thread count (docs/decisions.md):
+        # the one every leg ran with; null when the legs differed or an early one is unknown
+        "cpu_threads": threads[0] if threads is not None and len(threads) == 1 else None,
         "device": str(context.device),
         "runtime": runtime.record(),
         "config": config.to_dict(),

@@ -107,7 +107,7 @@ def load_study(source: str | Path | dict, name: str = "") -> Study:
         ipcs=_integers(grid.get("ipc", [base_config.distill.ipc]), "grid.ipc", minimum=1),
         seeds=_integers(grid.get("seed", [base_config.seed]), "grid.seed", minimum=0),
         methods=_methods(grid.get("method"), base_config),
-        baselines=_baselines(grid.get("baseline", ())),
+        baselines=_baselines(grid.get("baseline", "")),
         source=data,
     )
     study.evaluations = _evaluations(grid.get("evaluation"), study.ipcs)

@@ -15,7 +15,7 @@ import json
 import re
 from pathlib import Path
 
-from ..config import DataConfig, DistillConfig, RunConfig
+from ..config import DistillConfig, RunConfig
 from ..config.schema import without_keys_added_later
 from ..errors import RddError
 from ..run.folder import CHECKPOINT_FILE, CONFIG_FILE, IMAGES_FILE, META_FILE
@@ -48,14 +48,11 @@ def _as_written_today(config: RunConfig | dict) -> dict:
 
 
 def _without_settings_no_set_depends_on(data: dict) -> dict:
-    """``data`` with the settings a finished set does not depend on at their defaults: where the
-    dataset's files are (the dataset is its name and params; a study moved to another machine finds
-    its jobs), how often checkpoints are written (a resume is exact) and a one-shot selector's
-    iteration budget (random, herding: ``iterations_needed = False``); changing them re-uses finished
-    sets. At their defaults rather than left out, so that folders keyed before they were recognised
-    keep their names."""
-    if isinstance(data.get("data"), dict) and "root" in data["data"]:
-        data = {**data, "data": {**data["data"], "root": DataConfig().root}}
+    """``data`` with the settings a finished set does not depend on at their defaults: how often
+    checkpoints are written (a resume is exact) and a one-shot selector's iteration budget (random,
+    herding: ``iterations_needed = False``); changing them re-uses finished sets. At their defaults
+    rather than left out, so that folders keyed before they were recognised keep their names.
+    (``data.root`` stays keyed: a resume reads the data from the root its folder's config names.)"""
     distill = data.get("distill")
     if not isinstance(distill, dict):
         return data

@@ -45,19 +45,36 @@ def collect(out: Path, jobs: list[Job]) -> list[dict]:
             seconds = seconds if seconds is not None else _distill_seconds(set_folder(out, job))
             for row in rows:
                 records.append({"dataset": job.dataset, "ipc": job.ipc, "method": job.method, "seed": job.seed,
-                                "backbone": backbone_label(row), "evaluation": evaluation, "seconds": seconds,
+                                "backbone": backbone_label(row["backbone"], row["evaluation"].get("backbone_params")),
+                                "evaluation": evaluation, "seconds": seconds,
                                 "row": row})
     return records
 
 
-def backbone_label(row: dict) -> str:
-    """The evaluation backbone as the tables name it: its name and parameters. Rows of different
+def backbone_label(name: str, params: dict | None) -> str:
+    """An evaluation backbone as the tables name it: its name and parameters. Rows of different
     parameters (SRe2L's BatchNorm ConvNet beside DC's instance-norm one) go to different tables, so
     that no difference is taken across architectures."""
-    params = (row.get("evaluation") or {}).get("backbone_params") or {}
     if not params:
-        return row["backbone"]
-    return f"{row['backbone']} ({', '.join(f'{k}={params[k]}' for k in sorted(params))})"
+        return name
+    return f"{name} ({', '.join(f'{k}={_shown(params[k])}' for k in sorted(params))})"
+
+
+def _shown(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def expected_methods(jobs: list[Job]) -> dict[tuple, set[str]]:
+    """Per table (dataset, IPC, backbone label, evaluation), the methods the grid puts in it,
+    finished or not: a table's baseline is the grid's choice, not whichever job finished first."""
+    from ..evaluation.pipeline import backbone_specs
+
+    expected: dict[tuple, set[str]] = {}
+    for job in jobs:
+        for evaluation, config in ((MAIN, job.config), *job.extra):
+            for name, params in backbone_specs(config):
+                expected.setdefault((job.dataset, job.ipc, backbone_label(name, params), evaluation), set()).add(job.method)
+    return expected
 
 
 def _distill_seconds(folder: Path) -> float | None:
@@ -146,14 +163,17 @@ def _differences(by_method: dict[str, list[dict]], reference: str, keys: list[st
     return entries
 
 
-def group_table(records: list[dict], methods: list[str], baselines: tuple[str, ...], random_method: str) -> dict:
+def group_table(records: list[dict], methods: list[str], baselines: tuple[str, ...], random_method: str,
+                expected: set[str] | None = None) -> dict:
+    """One table; ``expected``: the methods the grid puts in it, beside those with records."""
     first = records[0]
     columns = _columns(records)
     names = [column_name(t, e) for t, e in columns]
     by_method = {m: [r for r in records if r["method"] == m] for m in methods}
     by_method = {m: rs for m, rs in by_method.items() if rs}
-    baseline = next((b for b in baselines if b in by_method), "")
-    random_method = random_method if random_method in by_method else ""
+    expected = set(by_method) | (expected or set())
+    baseline = next((b for b in baselines if b in expected), "")
+    random_method = random_method if random_method in expected else ""
     return {
         "dataset": first["dataset"], "ipc": first["ipc"], "backbone": first["backbone"],
         "evaluation": first.get("evaluation", MAIN),
@@ -184,14 +204,16 @@ def leaderboard(study: Study, jobs: list[Job], records: list[dict]) -> dict:
     keys = list(dict.fromkeys(group_key(r) for r in records))
     keys.sort(key=lambda k: (evaluations.index(k[3]), [d.name for d in study.datasets].index(k[0]),
                              study.ipcs.index(k[1])))
-    groups = [group_table([r for r in records if group_key(r) == key], methods, study.baselines, random_method)
+    expected = expected_methods(jobs)
+    groups = [group_table([r for r in records if group_key(r) == key], methods, study.baselines, random_method,
+                          expected.get(key, set()))
               for key in keys]
     flags = [{"dataset": r["dataset"], "ipc": r["ipc"], "method": r["method"], "seed": r["seed"],
               "backbone": r["backbone"], "evaluation": r.get("evaluation", MAIN), "flags": protocol_flags(r["row"])}
              for r in records]
     main = [r for r in records if r.get("evaluation", MAIN) == MAIN]
     return {
-        "schema": SCHEMA, "study": study.name,
+        "schema": SCHEMA, "study": study.name, "methods": methods,
         "jobs": {"total": len(jobs), "finished": len({(r["dataset"], r["ipc"], r["method"], r["seed"])
                                                       for r in main})},
         "baselines": list(study.baselines), "random_method": random_method,

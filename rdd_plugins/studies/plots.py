@@ -135,6 +135,9 @@ def robust_vs_seconds(plt, groups: list[dict], path: Path, styles: dict[str, dic
     column = " ".join(common)
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
     methods = list(dict.fromkeys(m["method"] for g in groups for m in g["methods"]))
+    # a method evaluated on several backbones has a point per backbone at the same seconds
+    several_backbones = any(len({g["backbone"] for g in groups if any(m["method"] == method for m in g["methods"])}) > 1
+                            for method in methods)
     for method in methods:
         points = [(g, m) for g in groups for m in g["methods"]
                   if m["method"] == method and m["distill_seconds"] and column in m["worst"]]
@@ -145,7 +148,8 @@ def robust_vs_seconds(plt, groups: list[dict], path: Path, styles: dict[str, dic
                     yerr=[m["worst"][column]["std"] for _, m in points], linestyle="none", capsize=3,
                     label=method, **styles[method])
         for (g, m), x in zip(points, seconds):
-            ax.annotate(f"ipc {g['ipc']}", (x, m["worst"][column]["mean"]), fontsize=7)
+            where = f", {g['backbone']}" if several_backbones else ""
+            ax.annotate(f"ipc {g['ipc']}{where}", (x, m["worst"][column]["mean"]), fontsize=7)
     ax.set_xscale("log")  # selecting a subset and distilling differ by orders of magnitude
     ax.set(xlabel="distillation (s)", ylabel=f"robust accuracy at {column} (%)",
            title=f"{groups[0]['dataset']}: robustness for the time spent")
@@ -162,9 +166,11 @@ def write_plots(out: Path, board: dict) -> list[str]:
         return []
     plt = _pyplot()
     written = []
+    # the study's order of methods, not the finished ones': a method's look does not change as jobs finish
+    listed = board.get("methods") or []
+    styles = method_styles(list(dict.fromkeys([*listed, *(m["method"] for g in main for m in g["methods"])])))
     for dataset in dict.fromkeys(g["dataset"] for g in main):
         groups = [g for g in main if g["dataset"] == dataset]
-        styles = method_styles(list(dict.fromkeys(m["method"] for g in main for m in g["methods"])))
         stem = f"{_slug(dataset)}_"
         robust_vs_eps(plt, groups, out / f"{stem}robust_vs_eps.png", styles)
         written.append(f"{stem}robust_vs_eps.png")
