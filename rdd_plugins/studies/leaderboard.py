@@ -1,6 +1,6 @@
 """The study's leaderboard: every finished job's results gathered into one table per dataset, IPC,
-evaluation backbone (its name and parameters) and evaluation (the main one, then each of ``[[grid.evaluation]]``), with paired
-differences, protocol flags, and plots (of the main evaluation).
+evaluation backbone (its name and parameters) and evaluation (the main one, then each of
+``[[grid.evaluation]]``), with paired differences, protocol flags, and plots (of the main evaluation).
 
 Only the jobs of the current grid count, each read from its own keyed folder: whichever shard
 writes the leaderboard reads every finished job present in the study folder, and folders left by
@@ -73,7 +73,8 @@ def expected_methods(jobs: list[Job]) -> dict[tuple, set[str]]:
     for job in jobs:
         for evaluation, config in ((MAIN, job.config), *job.extra):
             for name, params in backbone_specs(config):
-                expected.setdefault((job.dataset, job.ipc, backbone_label(name, params), evaluation), set()).add(job.method)
+                key = (job.dataset, job.ipc, backbone_label(name, params), evaluation)
+                expected.setdefault(key, set()).add(job.method)
     return expected
 
 
