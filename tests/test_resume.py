@@ -183,7 +183,8 @@ def test_a_checkpoint_written_with_or_without_a_key_added_later_resumes(tmp_path
     assert _comparable(json.dumps(with_keys, sort_keys=True)) != today
 
 
-def _set_checkpoint_seconds(folder: Path, seconds: float) -> None:
+def _edit_checkpoint_record(folder: Path, edit) -> None:
+    """Rewrite the JSON record of the checkpoint in ``folder`` through ``edit`` (record -> None)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -191,7 +192,7 @@ def _set_checkpoint_seconds(folder: Path, seconds: float) -> None:
     with safe_open(str(path), framework="pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     record = json.loads(meta["json"])
-    record["seconds"] = seconds
+    edit(record)
     save_file(tensors, str(path), metadata={**meta, "json": json.dumps(record)})
 
 
@@ -200,21 +201,9 @@ def test_a_resumed_run_reports_the_seconds_of_all_its_legs(tmp_path, make_config
 
     first = rdd_plugins.distill(make_config(iterations=2, checkpoint_every=1), out=tmp_path, progress=False)
     assert 0 < checkpoint_seconds(tmp_path) <= first.meta["seconds"]
-    _set_checkpoint_seconds(tmp_path, 1000.0)  # as if the first leg had been slow
+    _edit_checkpoint_record(tmp_path, lambda r: r.update(seconds=1000.0))  # as if the first leg had been slow
     extended = rdd_plugins.distill(out=tmp_path, resume=True, progress=False, overrides={"distill": {"iterations": 3}})
     assert 1000.0 < extended.meta["seconds"] < 1000.0 + 60 and checkpoint_seconds(tmp_path) > 1000.0
-
-
-def _drop_checkpoint_threads(folder: Path) -> None:
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    path = folder / CHECKPOINT_FILE
-    with safe_open(str(path), framework="pt") as f:
-        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    record = json.loads(meta["json"])
-    del record["cpu_threads"]
-    save_file(tensors, str(path), metadata={**meta, "json": json.dumps(record)})
 
 
 def test_a_run_names_its_thread_count_only_when_every_leg_ran_with_it(tmp_path, make_config):
@@ -230,7 +219,7 @@ def test_a_run_names_its_thread_count_only_when_every_leg_ran_with_it(tmp_path, 
         assert extend(4).meta["cpu_threads"] is None
         torch.set_num_threads(1)
         assert extend(5).meta["cpu_threads"] is None  # the mixed legs stay on record
-        _drop_checkpoint_threads(tmp_path)  # as a checkpoint from before thread counts were kept
+        _edit_checkpoint_record(tmp_path, lambda r: r.pop("cpu_threads"))  # as before thread counts were kept
         assert extend(6).meta["cpu_threads"] is None
     finally:
         torch.set_num_threads(before)

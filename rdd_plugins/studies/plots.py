@@ -134,11 +134,13 @@ def robust_vs_seconds(plt, groups: list[dict], path: Path, styles: dict[str, dic
         return False
     column = " ".join(common)
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
-    methods = list(dict.fromkeys(m["method"] for g in groups for m in g["methods"]))
+    backbones_of: dict[str, set[str]] = {}  # per method, in the order the tables list them
+    for g in groups:
+        for m in g["methods"]:
+            backbones_of.setdefault(m["method"], set()).add(g["backbone"])
     # a method evaluated on several backbones has a point per backbone at the same seconds
-    several_backbones = any(len({g["backbone"] for g in groups if any(m["method"] == method for m in g["methods"])}) > 1
-                            for method in methods)
-    for method in methods:
+    several_backbones = any(len(backbones) > 1 for backbones in backbones_of.values())
+    for method in backbones_of:
         points = [(g, m) for g in groups for m in g["methods"]
                   if m["method"] == method and m["distill_seconds"] and column in m["worst"]]
         if not points:
