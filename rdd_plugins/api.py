@@ -139,6 +139,15 @@ def study(source: str | Path | dict, *, out: str | Path | None = None, shard: st
     return run_study(source, out, shard=shard, progress=progress)
 
 
+def study_leaderboard(source: str | Path | dict, *, out: str | Path | None = None) -> dict:
+    """Write the leaderboard of the study folder ``out`` again from the results of its finished jobs,
+    running none: after the shards of an array, or to check an exported study's leaderboard (its
+    folders hold results without sets) against its jobs' JSONs. Returns the leaderboard."""
+    from .studies.runner import rewrite_leaderboard
+
+    return rewrite_leaderboard(source, out)
+
+
 def study_status(source: str | Path | dict, *, out: str | Path | None = None,
                  shard: str | tuple[int, int] = (0, 1)) -> dict:
     """What each job of a study (of one shard of it) still needs, with the checks a run makes and
@@ -149,5 +158,5 @@ def study_status(source: str | Path | dict, *, out: str | Path | None = None,
     return status(source, out, shard=shard)
 
 
-__all__ = ["distill", "evaluate", "compare", "benchmark", "import_set", "study", "study_status", "load_distilled", "get_registry", "quickstart",
+__all__ = ["distill", "evaluate", "compare", "benchmark", "import_set", "study", "study_status", "study_leaderboard", "load_distilled", "get_registry", "quickstart",
            "evaluation_config", "RddError", "RunConfig"]

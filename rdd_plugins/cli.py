@@ -158,8 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="study folder (default runs/STEM); a rerun continues there")
     p.add_argument("--shard", default="0/1", metavar="I/N",
                    help="run every N-th job from the I-th (0-based), e.g. $SLURM_ARRAY_TASK_ID/8")
-    p.add_argument("--status", action="store_true",
-                   help="say what each job still needs (finished, evaluate, resume, distil); run and write nothing")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--status", action="store_true",
+                      help="say what each job still needs (finished, evaluate, resume, distil); run and write nothing")
+    only.add_argument("--leaderboard", action="store_true",
+                      help="rewrite the leaderboard from the finished jobs in --out (an export's JSONs too); run no job")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     for sub_parser in sub.choices.values():
         # eps values such as -1/255 are values (rejected by parse_eps with the reason), not options
@@ -377,6 +380,15 @@ def cmd_study(args) -> int:
     index, count = parse_shard(args.shard)
     if args.status:
         return _print_study_status(args, (index, count))
+    if args.leaderboard:
+        from .api import study_leaderboard
+        from .studies.runner import default_out
+
+        board = study_leaderboard(args.study_file, out=args.out)
+        out = Path(args.out) if args.out else default_out(args.study_file)
+        print(f"study {board['study']}: {board['jobs']['finished']} of {board['jobs']['total']} jobs finished")
+        print(f"leaderboard: {out / 'leaderboard.md'}")
+        return 0
     # Under torchrun the jobs of this shard are dealt across the ranks, each job run whole by one
     # rank (jobs are independent: no process group is needed, and none is joined).
     rank, ranks = int(os.environ.get("RANK", "0")), launched_size()
@@ -410,7 +422,12 @@ def _print_study_status(args, shard: tuple[int, int]) -> int:
     index, count = status["shard"]
     shard_text = f" shard {index}/{count}:" if count > 1 else ""
     print(f"study {status['study']} in {status['out']}:{shard_text} {counts} (of {status['shard_jobs']} jobs)")
-    unfinished, unpriced = len(status["rows"]) - status["counts"].get("finished", 0), status["left"]["unpriced"]
+    bare = status["counts"].get("results-only", 0)
+    if bare:
+        print(f"{bare} jobs hold results without their sets (an export?): a run into this folder stops before "
+              "any work; --leaderboard rewrites the leaderboard from them")
+    unfinished = len(status["rows"]) - status["counts"].get("finished", 0) - bare
+    unpriced = status["left"]["unpriced"]
     pace = "at the pace of the finished jobs of the same method and IPC"
     if unpriced < unfinished:
         print(f"about {_duration(status['left']['seconds'])} left {pace}"

@@ -1,6 +1,7 @@
 """`rdd study`: grid expansion and keys, idempotent jobs, shards, the leaderboard, protocol checks."""
 
 import copy
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ from rdd_plugins import api, plugins
 from rdd_plugins.cli import main
 from rdd_plugins.config import load_toml, parse_eps
 from rdd_plugins.errors import RddError
+from rdd_plugins.run.folder import IMAGES_FILE
 from rdd_plugins.studies import checks, runner
 from rdd_plugins.studies.grid import expand, load_study
 from rdd_plugins.studies.jobs import (digest, evaluation_folder, evaluation_key, evaluation_seconds, parse_shard,
@@ -293,6 +295,76 @@ def test_a_rerun_runs_no_job(smoke_out, tmp_path, watched):
     assert summary["done"] == {"skipped": 4} and watched == {"distill": [], "evaluate": []}
     assert _numbers(json.loads((out / "leaderboard.json").read_text())) == \
         _numbers(json.loads((smoke_out / "leaderboard.json").read_text()))
+
+
+def test_the_folders_copy_of_the_study_names_it_as_the_file_did(smoke_out, tmp_path):
+    copy_of_file = smoke_out / runner.STUDY_FILE
+    assert load_toml(copy_of_file)["name"] == SMOKE.stem == load_study(copy_of_file).name
+    assert load_study({**smoke_study(), "name": "mine"}).name == "mine"
+    with pytest.raises(RddError, match="study name must be a string"):
+        load_study({**smoke_study(), "name": 3})
+
+
+def _without_sets(smoke_out: Path, tmp_path: Path) -> Path:
+    """A copy of the smoke study as studies/export.py leaves one: results, no sets."""
+    out = tmp_path / "export"
+    shutil.copytree(smoke_out, out)
+    for images in out.glob(f"jobs/*/{IMAGES_FILE}"):
+        images.unlink()
+    return out
+
+
+def test_a_run_into_results_without_their_sets_stops_before_any_work(smoke_out, tmp_path, watched, capsys):
+    out = _without_sets(smoke_out, tmp_path)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(RddError, match=r"holds results without their sets \(4 jobs"):
+        api.study(SMOKE, out=out, progress=False)
+    assert watched == {"distill": [], "evaluate": []}
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert main(["study", str(SMOKE), "--out", str(out), "--status"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 results-only" in printed and "left at the pace" not in printed
+
+
+def test_the_leaderboard_is_rewritten_from_results_alone(smoke_out, tmp_path, watched, capsys):
+    out = _without_sets(smoke_out, tmp_path)
+    (out / "leaderboard.json").unlink()
+    assert main(["study", str(SMOKE), "--out", str(out), "--leaderboard"]) == 0
+    assert "4 of 4 jobs finished" in capsys.readouterr().out and watched == {"distill": [], "evaluate": []}
+    assert (out / "leaderboard.json").read_text() == (smoke_out / "leaderboard.json").read_text()
+    assert (out / "leaderboard.md").read_text() == (smoke_out / "leaderboard.md").read_text()
+    with pytest.raises(RddError, match="no jobs/ folder"):
+        api.study_leaderboard(SMOKE, out=tmp_path / "nothing-ran-here")
+
+
+def _studys_own_plugins(folder: Path):
+    """The plugin a committed study's distiller lives in (herding_nearest.py's), registered."""
+    script = STUDIES / "fashion-mnist" / "herding_nearest.py"
+    if "herding-nearest" not in folder.name:
+        return None
+    spec = importlib.util.spec_from_file_location("herding_nearest", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plugins.register_plugin(module.NearestPlugin(), "herding-nearest")
+    return "herding-nearest"
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent for p in STUDIES.glob("**/leaderboard.json")),
+                         ids=lambda p: str(p.relative_to(STUDIES)))
+def test_a_committed_leaderboard_is_what_its_jobs_results_give(folder, tmp_path):
+    # what `rdd study FOLDER/study.toml --out FOLDER --leaderboard` checks by hand: the committed
+    # tables are computed from the committed per-job JSONs, number for number
+    out = tmp_path / folder.name
+    shutil.copytree(folder, out, ignore=shutil.ignore_patterns("*.png"))
+    (out / "leaderboard.json").unlink()
+    plugin = _studys_own_plugins(folder)
+    try:
+        api.study_leaderboard(out / runner.STUDY_FILE, out=out)
+    finally:
+        if plugin:
+            plugins.unregister_plugin(plugin)
+    assert (out / "leaderboard.json").read_text() == (folder / "leaderboard.json").read_text()
+    assert (out / "leaderboard.md").read_text() == (folder / "leaderboard.md").read_text()
 
 
 def test_a_changed_evaluate_setting_re_evaluates_without_re_distilling(smoke_out, tmp_path, watched):

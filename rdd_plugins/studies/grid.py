@@ -15,7 +15,7 @@ from pathlib import Path
 from ..config import ATTACK_PLAN_KEYS, EvaluateConfig, RunConfig, config_from_dict, load_toml
 from ..errors import RddError
 
-STUDY_KEYS = ("base", "grid")
+STUDY_KEYS = ("name", "base", "grid")
 GRID_KEYS = ("dataset", "ipc", "seed", "method", "baseline", "evaluation")
 METHOD_KEYS = ("name", "distiller", "regularizer", "params", "regularizer_params", "backbone_params", "iterations")
 DATASET_KEYS = ("name", "params")
@@ -88,11 +88,14 @@ class Job:
 
 def load_study(source: str | Path | dict, name: str = "") -> Study:
     """A study from a TOML file or a dict of the same shape; every key checked."""
-    if isinstance(source, dict):
-        data, name = copy.deepcopy(source), name or "study"
-    else:
-        data, name = load_toml(source), name or Path(source).stem
+    data = copy.deepcopy(source) if isinstance(source, dict) else load_toml(source)
     _only_known(data, STUDY_KEYS, "study")
+    # the leaderboard's heading: the file's own `name`, so that the copy a run keeps in its folder
+    # (study.toml) names the study as the file it was run from did
+    written = data.get("name", "")
+    if not isinstance(written, str):
+        raise RddError(f"study name must be a string, not {written!r}")
+    name = name or written or ("study" if isinstance(source, dict) else Path(source).stem)
     base = _table(data.get("base", {}), "base")
     grid = _table(data.get("grid", {}), "grid")
     _only_known(grid, GRID_KEYS, "grid")

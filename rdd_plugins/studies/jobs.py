@@ -167,6 +167,23 @@ def finished_set_meta(folder: Path, config: RunConfig) -> dict | None:
     return meta if json.dumps(made_with, sort_keys=True) == json.dumps(set_part(config), sort_keys=True) else None
 
 
+def results_without_set(folder: Path) -> bool:
+    """A finished run's meta.json with no set beside it: results copied without their set
+    (studies/export.py's export) or a set deleted by hand. A set is written before its meta.json,
+    so no interrupted or failed run leaves this; a run would distil over those results."""
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and not meta.get("interrupted") and not (folder / IMAGES_FILE).exists()
+
+
+def present_set_folder(out: str | Path, job: Job) -> Path:
+    """The job's folder as it is on disk now: an earlier key's folder until the runner adopts it."""
+    folder = set_folder(out, job)
+    return earlier_set_folder(out, job) if not folder.exists() and earlier_set_folder(out, job).is_dir() else folder
+
+
 def resumable(folder: Path, config: RunConfig) -> bool:
     """A checkpoint there, of a run whose config.toml is this job's (its evaluate section aside)."""
     saved = _saved_config(folder / CONFIG_FILE)
@@ -187,15 +204,16 @@ def finished_results(folder: Path, config: RunConfig) -> list[dict] | None:
 
 
 def job_status(out: str | Path, job: Job) -> dict:
-    """What the job still needs, read from its folders without writing: ``finished``, ``evaluate``
+    """What the job still needs, read from its folders without writing: ``finished``, ``results-only``
+    (results without their set: a run stops before it), ``evaluate``
     (its set is finished; ``missing`` of its evaluations are not), ``resume`` (a checkpoint at
     ``iteration`` of ``iterations``) or ``distil``; with the ``seconds`` its finished parts took
     (``distil``, and each of ``evaluations`` or None) once its set is finished."""
     from ..checkpoint import checkpoint_record
 
-    folder = set_folder(out, job)
-    if not folder.exists() and earlier_set_folder(out, job).is_dir():
-        folder = earlier_set_folder(out, job)  # the runner adopts it when the job's shard starts
+    folder = present_set_folder(out, job)
+    if results_without_set(folder):
+        return {"state": "results-only"}
     evaluations = [job.config, *(config for _, config in job.extra)]
     meta = finished_set_meta(folder, job.config)
     if meta is not None:

@@ -43,7 +43,7 @@ def seconds_left(jobs: list[Job], status_of: dict[str, dict], mine: list[Job] | 
     total, unpriced = 0.0, 0
     for job in jobs if mine is None else mine:
         status = status_of[job.title]
-        if status["state"] == "finished":
+        if status["state"] in ("finished", "results-only"):  # the latter a run refuses to touch
             continue
         pace = paces.get(_peer_key(job), {"distil": [], "evaluations": {}})
         if status["state"] == "evaluate":

@@ -19,8 +19,8 @@ from ..registry import Registry
 from ..run.folder import CONFIG_FILE, check_writable
 from ..storage import DistilledSet, atomic_write_text, load_distilled
 from .grid import Job, expand, load_study
-from .jobs import (adopt_earlier_folder, evaluation_folder, finished_results, finished_set_meta, job_status, parse_shard,
-                   resumable, set_folder, shard_jobs)
+from .jobs import (JOBS_FOLDER, adopt_earlier_folder, evaluation_folder, finished_results, finished_set_meta, job_status,
+                   parse_shard, present_set_folder, results_without_set, resumable, set_folder, shard_jobs)
 from .leaderboard import write_leaderboard
 from .pace import seconds_left
 from .preflight import check_jobs
@@ -104,9 +104,10 @@ def run_study(source: str | Path | dict, out: str | Path | None = None, *, shard
     study, jobs, (index, count) = _checked_jobs(source, shard)
     registry = get_registry()
     out = check_writable(out if out is not None else default_out(source), "study folder")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / STUDY_FILE, to_toml(study.source))
     mine = shard_jobs(jobs, index, count)
+    _refuse_results_without_sets(out, mine)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / STUDY_FILE, to_toml({**study.source, "name": study.name}))
     for job in mine:
         adopt_earlier_folder(out, job)
     done: dict[str, int] = {}
@@ -130,6 +131,27 @@ def run_study(source: str | Path | dict, out: str | Path | None = None, *, shard
     if failed:
         raise RddError(f"{len(failed)} of {len(mine)} jobs failed (the others are in {out}): {failed[0]}")
     return summary
+
+
+def _refuse_results_without_sets(out: Path, jobs: list[Job]) -> None:
+    """Stop before any work when a job's folder holds results but not their set: an exported study
+    (committed results) would otherwise be distilled and evaluated over."""
+    bare = [job for job in jobs if results_without_set(present_set_folder(out, job))]
+    if bare:
+        raise RddError(f"{out} holds results without their sets ({len(bare)} jobs, e.g. {bare[0].title}: an "
+                       "export?); a run would replace them: give another --out, or --leaderboard to rewrite "
+                       "this folder's leaderboard from them")
+
+
+def rewrite_leaderboard(source: str | Path | dict, out: str | Path | None = None) -> dict:
+    """The leaderboard of ``out`` written again from the finished jobs' results there, no job run:
+    after an array's shards, or from an exported study's JSONs (which hold no sets)."""
+    study, jobs, _ = _checked_jobs(source, (0, 1))
+    out = Path(out if out is not None else default_out(source))
+    if not (out / JOBS_FOLDER).is_dir():
+        raise RddError(f"{out}: no {JOBS_FOLDER}/ folder, so no job of a study has run there")
+    check_writable(out, "study folder")
+    return write_leaderboard(out, study, jobs)
 
 
 def study_status(source: str | Path | dict, out: str | Path | None = None, *,
