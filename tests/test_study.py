@@ -601,6 +601,14 @@ def test_attack_comparisons_need_uncascaded_rows():
     assert checks.single_step_stronger(make_row(_changed("fgsm", "8/255", 30.0))) == []  # a tie is no flag
 
 
+def test_flags_come_in_the_evaluations_eps_order_whatever_the_hash_seed():
+    # the leaderboard's bytes must not depend on PYTHONHASHSEED (diffing two leaderboards)
+    eps = ["2/255", "4/255", "8/255", "16/255", "0.1"]
+    row = make_row({"fgsm": {e: 10.0 for e in eps}, "pgd": {e: 20.0 for e in eps}})
+    flagged = [flag.rsplit(" at Linf ", 1)[1] for flag in checks.single_step_stronger(row)]
+    assert flagged == eps
+
+
 def test_leaderboard_pairs_same_seed_jobs_and_draws_robust_vs_ipc(tmp_path):
     from rdd_plugins.studies.leaderboard import leaderboard
     from rdd_plugins.studies.plots import write_plots
@@ -626,6 +634,26 @@ def test_leaderboard_pairs_same_seed_jobs_and_draws_robust_vs_ipc(tmp_path):
     assert ipc10["methods"][1]["worst"]["Linf 8/255"] == {"mean": 42.0, "std": 0.0, "n": 1}
     assert write_plots(tmp_path, board) == ["synthetic_robust_vs_eps.png", "synthetic_robust_vs_ipc.png",
                                             "synthetic_robust_vs_seconds.png"]
+
+
+def test_the_leaderboard_takes_each_models_numbers_not_the_rounded_summary():
+    import math
+
+    from rdd_plugins.studies.leaderboard import leaderboard
+    from rdd_plugins.studies.markdown import _difference
+
+    study = load_study({"base": {"data": {"dataset": "synthetic"}},
+                        "grid": {"ipc": [1], "seed": [0], "method": [{"name": "gm"}]}})
+    (job,) = expand(study)
+    row = make_row({"pgd": {"8/255": 33.333}}, clean=33.333)  # summaries keep 3 decimals
+    row["per_seed"] = [{"seed": 0, "clean": 1 / 3, "worst": {"Linf": {"8/255": 1 / 3}}}]
+    record = {"dataset": job.dataset, "ipc": 1, "method": "gm", "seed": 0, "backbone": "convnet", "seconds": 1.0,
+              "row": row}
+    (entry,) = rounded(leaderboard(study, [job], [record]))["groups"][0]["methods"]
+    assert entry["clean"]["mean"] == entry["worst"]["Linf 8/255"]["mean"] == 33.3333
+    # a difference that is zero but for a float sum's last bits is +0, in the JSON and the markdown
+    assert math.copysign(1.0, rounded(-1e-12)) == 1.0
+    assert _difference({"mean": -1e-12, "se": 1.2, "ahead": 1, "n": 3}).startswith("+0.00 ± 1.20")
 
 
 def test_backbones_of_other_params_get_their_own_tables_each_paired_against_its_baseline():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from statistics import fmean
 from pathlib import Path
 
 from ..config import parse_eps
@@ -113,8 +114,17 @@ def _columns(records: list[dict]) -> list[tuple[str, str]]:
 
 
 def _metrics(record: dict) -> dict[str, float]:
-    """A job's numbers: clean and worst-case robust accuracy (%), mean over its evaluation models."""
-    summary = record["row"]["summary"]
+    """A job's numbers: clean and worst-case robust accuracy (%), mean over its evaluation models,
+    from each model's own numbers (the summary's means are rounded to 3 decimals, and the
+    leaderboard's statistics would carry that rounding into its 4)."""
+    row = record["row"]
+    models = row.get("per_seed") or []
+    if models and all("worst" in m for m in models):
+        values = {"clean": fmean(100 * m["clean"] for m in models)}
+        values.update({column_name(t, e): fmean(100 * m["worst"][t][e] for m in models)
+                       for t, per in models[0]["worst"].items() for e in per})
+        return values
+    summary = row["summary"]  # a row without per-model numbers (an imported result's)
     values = {"clean": summary["clean"]["mean"]}
     values.update({column_name(t, e): s["mean"] for t, per in summary["worst"].items() for e, s in per.items()})
     return values
@@ -240,7 +250,7 @@ def write_leaderboard(out: str | Path, study: Study, jobs: list[Job]) -> dict:
 def rounded(data):
     """``data`` with every float rounded to JSON_DECIMALS."""
     if isinstance(data, float):
-        return round(data, JSON_DECIMALS)
+        return round(data, JSON_DECIMALS) + 0.0  # no -0.0 from a float sum that is zero but for its last bits
     if isinstance(data, dict):
         return {k: rounded(v) for k, v in data.items()}
     if isinstance(data, list):

@@ -11,7 +11,8 @@ def _difference(stat: dict | None) -> str:
     if stat is None:
         return "—"
     se = "n/a" if stat["se"] is None else f"{stat['se']:.2f}"
-    return f"{stat['mean']:+.2f} ± {se} ({stat['ahead']}/{stat['n']} ahead)"
+    mean = round(stat["mean"], 2) + 0.0  # + 0.0: a difference that rounds to zero reads +0.00, not -0.00
+    return f"{mean:+.2f} ± {se} ({stat['ahead']}/{stat['n']} ahead)"
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
