@@ -400,8 +400,11 @@ def cmd_study(args) -> int:
     summary = study(args.study_file, out=args.out, shard=(index + count * rank, count * ranks),
                     progress=not args.no_progress and rank == 0)
     done = ", ".join(f"{how} {n}" for how, n in summary["done"].items()) or "no job in this shard"
-    index, count = summary["shard"]
-    shard = f" (shard {index}/{count}: {summary['shard_jobs']} of {summary['jobs']} jobs)" if count > 1 else ""
+    if ranks > 1:  # the launch's shard as given, and this process's part of it
+        given = f", shard {index}/{count}" if count > 1 else ""
+        shard = f" (process {rank} of {ranks}{given}: {summary['shard_jobs']} of {summary['jobs']} jobs)"
+    else:
+        shard = f" (shard {index}/{count}: {summary['shard_jobs']} of {summary['jobs']} jobs)" if count > 1 else ""
     print(f"study {summary['study']}{shard}: {done}")
     print(f"leaderboard: {Path(summary['out']) / 'leaderboard.md'}")
     return 0
@@ -438,6 +441,8 @@ def _print_study_status(args, shard: tuple[int, int]) -> int:
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s" if seconds >= 1 else "under a second"
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
 
 

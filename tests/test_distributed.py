@@ -145,7 +145,7 @@ def test_a_rank_killed_mid_run_is_restarted_and_ends_with_the_uninterrupted_set(
     assert_same_set(one / "gm", tmp_path / "gm")
 
 
-def test_study_under_torchrun_deals_the_shards_jobs_across_ranks(monkeypatch):
+def test_study_under_torchrun_deals_the_shards_jobs_across_ranks(monkeypatch, capsys):
     """Rank r of W in shard I/N runs shard I + N*r of N*W: the ranks of a shard take its jobs once."""
     from rdd_plugins import api, cli
     from rdd_plugins.studies.jobs import shard_jobs
@@ -154,7 +154,7 @@ def test_study_under_torchrun_deals_the_shards_jobs_across_ranks(monkeypatch):
 
     def fake_study(source, *, out, shard, progress):
         taken[rank] = (shard, progress)
-        return {"done": {}, "shard": list(shard), "shard_jobs": 0, "jobs": 0, "study": "s", "out": "o"}
+        return {"done": {"distilled": 4}, "shard": list(shard), "shard_jobs": 4, "jobs": 23, "study": "s", "out": "o"}
 
     monkeypatch.setattr(api, "study", fake_study)
     jobs = list(range(23))
@@ -162,6 +162,9 @@ def test_study_under_torchrun_deals_the_shards_jobs_across_ranks(monkeypatch):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "3")
         assert cli.main(["study", "x.toml", "--shard", "1/2"]) == 0
+        # rank 0 speaks for the launch: the shard as given and its own part, not its shard of the launch
+        printed = capsys.readouterr().out
+        assert ("study s (process 0 of 3, shard 1/2: 4 of 23 jobs): distilled 4" in printed) == (rank == 0)
     dealt = [shard_jobs(jobs, *taken[rank][0]) for rank in range(3)]
     assert sorted(j for part in dealt for j in part) == shard_jobs(jobs, 1, 2)
     assert [taken[rank][1] for rank in range(3)] == [True, False, False]  # bars on rank 0 only

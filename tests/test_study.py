@@ -11,7 +11,7 @@ import torch
 
 import rdd_plugins
 from rdd_plugins import api, plugins
-from rdd_plugins.cli import main
+from rdd_plugins.cli import _duration, main
 from rdd_plugins.config import load_toml, parse_eps
 from rdd_plugins.errors import RddError
 from rdd_plugins.run.folder import IMAGES_FILE
@@ -367,12 +367,55 @@ def test_a_committed_leaderboard_is_what_its_jobs_results_give(folder, tmp_path)
     assert (out / "leaderboard.md").read_text() == (folder / "leaderboard.md").read_text()
 
 
+def test_sets_of_another_thread_count_are_named_before_work_and_in_the_leaderboard(smoke_out, tmp_path, capsys):
+    # torchrun gives each process one thread where a plain run has one per core: on a CPU the same
+    # config then rounds differently, and the keys hold no thread count
+    out = tmp_path / "study"
+    shutil.copytree(smoke_out, out)
+    mine = torch.get_num_threads()
+    other = mine + 5
+    meta_file = next(out.glob("jobs/*/meta.json"))
+    meta = json.loads(meta_file.read_text())
+    assert meta["cpu_threads"] == mine and meta["device"] == "cpu"
+    meta_file.write_text(json.dumps({**meta, "cpu_threads": other}))
+    api.study(SMOKE, out=out, progress=False)
+    assert f"made with {other} threads, this process has {mine}" in capsys.readouterr().err
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert board["cpu_threads"] == dict(sorted({str(mine): 3, str(other): 1}.items(), key=lambda kv: int(kv[0])))
+    assert "CPU sets made with different thread counts" in (out / "leaderboard.md").read_text()
+    assert "different thread counts" not in (smoke_out / "leaderboard.md").read_text()
+    shutil.copytree(smoke_out, tmp_path / "same")
+    api.study(SMOKE, out=tmp_path / "same", progress=False)
+    assert "threads" not in capsys.readouterr().err  # one count, this process's: nothing to say
+
+
+def test_a_failing_job_is_reported_and_the_others_go_on(tmp_path, monkeypatch, capsys):
+    def failing_gm(config, registry, folder, **kw):
+        if config.distill.distiller == "gm":
+            raise RddError("iteration 0: non-finite loss")
+        return distill(config, registry, folder, **kw)
+
+    distill = runner.distill_set
+    monkeypatch.setattr(runner, "distill_set", failing_gm)
+    with pytest.raises(RddError, match=r"^2 of 4 jobs failed \(the others are in .*\): synthetic ipc 2 gm\+curvature "
+                                       r"seed 0: iteration 0: non-finite loss$"):
+        api.study(SMOKE, out=tmp_path / "study", progress=False)
+    assert capsys.readouterr().err.count("failed: iteration 0: non-finite loss") == 2
+    board = json.loads((tmp_path / "study" / "leaderboard.json").read_text())
+    assert board["jobs"] == {"total": 4, "finished": 2}  # random's two jobs ran, and count
+    only_gm = smoke_study()
+    only_gm["grid"]["method"] = only_gm["grid"]["method"][1:]
+    del only_gm["grid"]["baseline"]
+    with pytest.raises(RddError, match=r"^2 of 2 jobs failed: "):  # no "others" to point at
+        api.study(only_gm, out=tmp_path / "gm-only", progress=False)
+
+
 def test_a_changed_evaluate_setting_re_evaluates_without_re_distilling(smoke_out, tmp_path, watched):
     out = tmp_path / "study"
     shutil.copytree(smoke_out, out)
     study = _with("base.evaluate.n_test", 30)
     summary = api.study(study, out=out, progress=False)
-    assert summary["done"] == {"reused": 4}
+    assert summary["done"] == {"re-evaluated": 4}
     assert watched["distill"] == [] and len(watched["evaluate"]) == 4
     assert all(len(list(p.glob("evaluation/*/results.json"))) == 2 for p in (out / "jobs").iterdir())
     rows = [json.loads(p.read_text())["results"][0] for p in (out / "jobs").glob("*/evaluation/*/results.json")]
@@ -426,7 +469,8 @@ def test_status_says_what_each_job_needs_and_writes_nothing(smoke_out, tmp_path,
         json.loads(results.read_text())["results"])
     assert api.study_status(SMOKE, out=out)["left"] == {"seconds": pytest.approx(expected), "unpriced": 0}
     assert main(["study", str(SMOKE), "--out", str(out), "--status"]) == 0
-    assert "min left at the pace of the finished jobs" in capsys.readouterr().out
+    assert "left at the pace of the finished jobs" in capsys.readouterr().out
+    assert [_duration(s) for s in (0.3, 30, 600, 7200)] == ["under a second", "30 s", "10 min", "2.0 h"]
     assert sorted((p, p.stat().st_mtime_ns) for p in out.rglob("*")) == files and watched == {"distill": [], "evaluate": []}
     assert api.study_status(SMOKE, out=tmp_path / "none")["counts"] == {"distil": 4}
     assert main(["study", str(SMOKE), "--out", str(tmp_path / "none"), "--status"]) == 0
@@ -466,7 +510,7 @@ def test_a_further_evaluation_reuses_the_sets_and_gets_its_own_tables(smoke_out,
     shutil.copytree(smoke_out, out)
     study = _with("grid.evaluation", [{"name": "pgd-16", "attack": "pgd", "eps": ["16/255"], "n_test": 20}])
     summary = api.study(study, out=out, progress=False)
-    assert summary["done"] == {"reused": 4} and watched["distill"] == [] and len(watched["evaluate"]) == 4
+    assert summary["done"] == {"re-evaluated": 4} and watched["distill"] == [] and len(watched["evaluate"]) == 4
     board = json.loads((out / "leaderboard.json").read_text())
     main_groups = [g for g in board["groups"] if g["evaluation"] == ""]
     (further,) = [g for g in board["groups"] if g["evaluation"] == "pgd-16"]

@@ -167,6 +167,21 @@ def finished_set_meta(folder: Path, config: RunConfig) -> dict | None:
     return meta if json.dumps(made_with, sort_keys=True) == json.dumps(set_part(config), sort_keys=True) else None
 
 
+UNRECORDED = "unrecorded"  # a CPU set whose legs ran with different thread counts, or one from before they were kept
+
+
+def cpu_threads(meta: dict) -> int | str | None:
+    """The intra-op thread count a set's CPU run had (None off the CPU): on a CPU, float reductions
+    split across threads round differently, so a set is bit for bit its config's only at its count."""
+    return (meta.get("cpu_threads") or UNRECORDED) if meta.get("device") == "cpu" else None
+
+
+def finished_cpu_threads(out: str | Path, jobs: list[Job]) -> set:
+    """The thread counts the finished CPU sets of ``jobs`` in ``out`` were made with."""
+    metas = (finished_set_meta(present_set_folder(out, job), job.config) for job in jobs)
+    return {cpu_threads(meta) for meta in metas if meta is not None} - {None}
+
+
 def results_without_set(folder: Path) -> bool:
     """A finished run's meta.json with no set beside it: results copied without their set
     (studies/export.py's export) or a set deleted by hand. A set is written before its meta.json,

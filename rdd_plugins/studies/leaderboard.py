@@ -18,7 +18,7 @@ from ..config import parse_eps
 from ..storage import atomic_write_text, write_json
 from .checks import protocol_flags
 from .grid import Job, Study
-from .jobs import evaluation_folder, finished_results, set_folder
+from .jobs import cpu_threads, evaluation_folder, finished_results, set_folder
 
 SCHEMA = "rdd-study-leaderboard/2"  # 2: "baselines" (a list) and backbones named with their params
 # leaderboard.json's decimals; statistics stay unrounded until written, so leaderboard.md's two
@@ -38,16 +38,16 @@ def collect(out: Path, jobs: list[Job]) -> list[dict]:
     """One record per finished evaluation of a job and evaluation backbone."""
     records = []
     for job in jobs:
-        seconds = None
+        facts = None
         for evaluation, config in ((MAIN, job.config), *job.extra):
             rows = finished_results(evaluation_folder(out, job, config), config)
             if rows is None:
                 continue
-            seconds = seconds if seconds is not None else _distill_seconds(set_folder(out, job))
+            seconds, threads = facts = facts or _set_facts(set_folder(out, job))
             for row in rows:
                 records.append({"dataset": job.dataset, "ipc": job.ipc, "method": job.method, "seed": job.seed,
                                 "backbone": backbone_label(row["backbone"], row["evaluation"].get("backbone_params")),
-                                "evaluation": evaluation, "seconds": seconds,
+                                "evaluation": evaluation, "seconds": seconds, "cpu_threads": threads,
                                 "row": row})
     return records
 
@@ -79,11 +79,14 @@ def expected_methods(jobs: list[Job]) -> dict[tuple, set[str]]:
     return expected
 
 
-def _distill_seconds(folder: Path) -> float | None:
+def _set_facts(folder: Path) -> tuple[float | None, int | str | None]:
+    """The set's distillation seconds, and its CPU thread count (jobs.cpu_threads)."""
     try:
-        return float(json.loads((folder / "meta.json").read_text())["seconds"])
+        meta = json.loads((folder / "meta.json").read_text())
+        seconds = float(meta["seconds"])
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return None, None
+    return seconds, cpu_threads(meta)
 
 
 # -- statistics -------------------------------------------------------------------------------------
@@ -223,11 +226,16 @@ def leaderboard(study: Study, jobs: list[Job], records: list[dict]) -> dict:
               "backbone": r["backbone"], "evaluation": r.get("evaluation", MAIN), "flags": protocol_flags(r["row"])}
              for r in records]
     main = [r for r in records if r.get("evaluation", MAIN) == MAIN]
+    threads: dict[str, int] = {}
+    for job in {(r["dataset"], r["ipc"], r["method"], r["seed"]): r.get("cpu_threads") for r in main}.values():
+        if job is not None:
+            threads[str(job)] = threads.get(str(job), 0) + 1
     return {
         "schema": SCHEMA, "study": study.name, "methods": methods,
         "jobs": {"total": len(jobs), "finished": len({(r["dataset"], r["ipc"], r["method"], r["seed"])
                                                       for r in main})},
         "baselines": list(study.baselines), "random_method": random_method,
+        "cpu_threads": dict(sorted(threads.items(), key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0))),
         "groups": groups,
         "flags": [f for f in flags if f["flags"]],
     }

@@ -67,6 +67,13 @@ def leaderboard_markdown(board: dict, plots: list[str]) -> str:
         f"counts every leg up to its checkpoints). A worst-case column counts points correct under every attack at "
         f"that eps and every smaller one.", "",
     ]
+    threads = board.get("cpu_threads") or {}
+    if len(threads) > 1:  # one count is the normal case; several mean the numbers mix roundings
+        made = ", ".join(f"{n} with {count} threads" if count.isdigit() else f"{n} with an {count} count"
+                         for count, n in threads.items())
+        lines += [f"CPU sets made with different thread counts ({made}): on a CPU a set rounds "
+                  f"differently with another count, so same-config jobs agree bit for bit only within one, "
+                  f"and their seconds compare only within one.", ""]
     if not board["groups"]:
         lines += ["No job has finished yet.", ""]
     for group in board["groups"]:

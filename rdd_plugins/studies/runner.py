@@ -8,6 +8,7 @@ changed is evaluated again without being distilled again.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,10 +18,12 @@ from ..plugins import get_registry
 from ..progress import bar
 from ..registry import Registry
 from ..run.folder import CONFIG_FILE, check_writable
+from ..runtime import resolve_device
 from ..storage import DistilledSet, atomic_write_text, load_distilled
 from .grid import Job, expand, load_study
-from .jobs import (JOBS_FOLDER, adopt_earlier_folder, evaluation_folder, finished_results, finished_set_meta, job_status,
-                   parse_shard, present_set_folder, results_without_set, resumable, set_folder, shard_jobs)
+from .jobs import (JOBS_FOLDER, adopt_earlier_folder, evaluation_folder, finished_cpu_threads, finished_results,
+                   finished_set_meta, job_status, parse_shard, present_set_folder, results_without_set, resumable,
+                   set_folder, shard_jobs)
 from .leaderboard import write_leaderboard
 from .pace import seconds_left
 from .preflight import check_jobs
@@ -62,8 +65,8 @@ def obtain_set(job: Job, folder: Path, registry: Registry, progress: bool) -> tu
 
 
 def run_job(job: Job, out: Path, registry: Registry, progress: bool) -> str:
-    """"skipped", or how the set was had ("reused", "resumed", "distilled") before it was evaluated
-    (its main evaluation, then each further one, each only where its results are missing)."""
+    """"skipped"; "re-evaluated" (its set kept, an evaluation missing); or "resumed" or "distilled"
+    and then evaluated (its main evaluation, then each further one, each only where missing)."""
     set_dir = set_folder(out, job)
     evaluations = [job.config, *(config for _, config in job.extra)]
     missing = [c for c in evaluations if finished_results(evaluation_folder(out, job, c), c) is None]
@@ -74,7 +77,7 @@ def run_job(job: Job, out: Path, registry: Registry, progress: bool) -> str:
     for config in missing if how == "reused" else evaluations:
         evaluate_job_set(distilled, config, registry, evaluation_folder(out, job, config), label=job.method,
                          progress=progress)
-    return how
+    return "re-evaluated" if how == "reused" else how
 
 
 def default_out(source) -> Path:
@@ -106,14 +109,21 @@ def run_study(source: str | Path | dict, out: str | Path | None = None, *, shard
     out = check_writable(out if out is not None else default_out(source), "study folder")
     mine = shard_jobs(jobs, index, count)
     _refuse_results_without_sets(out, mine)
+    _warn_of_another_thread_count(out, jobs, mine)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / STUDY_FILE, to_toml({**study.source, "name": study.name}))
     for job in mine:
         adopt_earlier_folder(out, job)
     done: dict[str, int] = {}
     failed = []
-    with bar(total=len(mine), desc=f"study {study.name}", unit="job", enabled=progress) as pbar:
+    # finished jobs start the bar rather than count in its rate: a rerun's pace is its work's
+    finished = {job.title for job in mine if job_status(out, job)["state"] == "finished"}
+    with bar(total=len(mine), initial=len(finished), desc=f"study {study.name}", unit="job",
+             enabled=progress) as pbar:
         for job in mine:
+            if job.title in finished:
+                done["skipped"] = done.get("skipped", 0) + 1
+                continue
             pbar.set_postfix_str(job.title)
             try:
                 how = run_job(job, out, registry, progress)
@@ -129,7 +139,8 @@ def run_study(source: str | Path | dict, out: str | Path | None = None, *, shard
     summary = {"study": study.name, "out": str(out), "shard": [index, count], "jobs": len(jobs),
                "shard_jobs": len(mine), "done": done, "failed": failed, "leaderboard": board}
     if failed:
-        raise RddError(f"{len(failed)} of {len(mine)} jobs failed (the others are in {out}): {failed[0]}")
+        others = f" (the others are in {out})" if len(failed) < len(mine) else ""
+        raise RddError(f"{len(failed)} of {len(mine)} jobs failed{others}: {failed[0]}")
     return summary
 
 
@@ -141,6 +152,24 @@ def _refuse_results_without_sets(out: Path, jobs: list[Job]) -> None:
         raise RddError(f"{out} holds results without their sets ({len(bare)} jobs, e.g. {bare[0].title}: an "
                        "export?); a run would replace them: give another --out, or --leaderboard to rewrite "
                        "this folder's leaderboard from them")
+
+
+def _warn_of_another_thread_count(out: Path, jobs: list[Job], mine: list[Job]) -> None:
+    """Say so when this process would make CPU sets with another thread count than the study's
+    finished ones (torchrun gives each process OMP_NUM_THREADS=1 where a plain run has a thread
+    per core): the job keys hold no thread count, so the leaderboard would mix roundings."""
+    import torch
+
+    if os.environ.get("RANK", "0") != "0":  # one note per launch: torchrun's processes have one count
+        return
+    if not any(str(resolve_device(job.config.device)) == "cpu" for job in mine):
+        return
+    others = {t for t in finished_cpu_threads(out, jobs) if t != torch.get_num_threads()}
+    if others:
+        counts = ", ".join(sorted(map(str, others)))
+        print(f"rdd: note: finished CPU sets here were made with {counts} threads, this process has "
+              f"{torch.get_num_threads()}: on a CPU their numbers round differently (OMP_NUM_THREADS sets the count; "
+              "leaderboard.json's cpu_threads counts the sets by thread count)", file=sys.stderr)
 
 
 def rewrite_leaderboard(source: str | Path | dict, out: str | Path | None = None) -> dict:
