@@ -230,12 +230,31 @@ def _with(path: str, value):
      "grid.evaluation 'same' evaluates as the main evaluation does"),
     (_with("grid.evaluation", [{"name": "a", "n_test": 3}, {"name": "b", "n_test": 3}]),
      "grid.evaluation 'b' evaluates as 'a' does"),
+    # the data, loaded once per dataset before the first job: the smoke classes hold 24 images
+    (_with("grid.ipc", [2, 25]), r"study job synthetic ipc 25 random seed 0: random at IPC 25 draws 25 real "
+                                 r"images per class, and class 0 of synthetic has 24"),
+    (_with("base.data", {"dataset": "fashion-mnist", "root": "/nonexistent-rdd-data"}),
+     r"study job fashion-mnist ipc 2 random seed 0: .*nonexistent-rdd-data"),
 ])
 def test_a_bad_study_fails_in_one_line_before_any_job(tmp_path, watched, study, message):
     with pytest.raises(RddError, match=message) as error:
         api.study(study, out=tmp_path / "out", progress=False)
     assert "\n" not in str(error.value)
     assert watched == {"distill": [], "evaluate": []} and not (tmp_path / "out").exists()
+
+
+def test_only_a_distiller_that_draws_real_images_is_held_to_the_class_size():
+    from rdd_plugins.studies.preflight import check_data
+
+    study = smoke_study()
+    study["grid"]["ipc"] = [30]  # the smoke classes hold 24 images
+    study["grid"]["method"] = [{"name": "gm-noise", "distiller": "gm", "params": {"init": "noise"}},
+                               {"name": "sre2l", "distiller": "sre2l", "params": {}}]
+    del study["grid"]["baseline"]
+    check_data(expand(load_study(study)), plugins.get_registry())  # noise needs no real image
+    study["grid"]["method"][0]["params"] = {"init": "real"}
+    with pytest.raises(RddError, match="gm at IPC 30 draws 30 real images per class"):
+        check_data(expand(load_study(study)), plugins.get_registry())
 
 
 def test_the_cli_says_a_bad_key_in_one_line(tmp_path, capsys):

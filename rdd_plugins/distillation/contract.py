@@ -117,6 +117,12 @@ class Distiller(Protocol):
     """``False`` for a one-shot selector (a random subset, herding): it does all its work in
     :meth:`init` and the loop runs no steps. Absent means ``True``."""
 
+    def real_images_per_class(self, ipc: int) -> int:
+        """Optional: how many real training images of every class :meth:`init` draws at ``ipc``
+        (a subset's ``ipc``; a real-initialised synthetic set's ``ipc``; 0 from noise). A study
+        checks it against the dataset's smallest class before its first job, so that an IPC too
+        large for the data fails in one line rather than after the jobs before it. Absent: not checked."""
+
     def init(self, context: DistillContext) -> dict:
         """The starting state, before the first step (a resumed run starts from its checkpoint)."""
 

@@ -45,3 +45,29 @@ def check_jobs(jobs: list[Job], registry: Registry) -> None:
         except RddError as exc:
             raise RddError(f"study job {job.title}: {exc}") from None
         checked.add(key)
+
+
+def check_data(jobs: list[Job], registry: Registry) -> None:
+    """Each dataset of ``jobs`` loaded once (missing files fail here), and every job's IPC checked
+    against its smallest class for a distiller that says how many real images it draws
+    (``real_images_per_class``): an IPC too large for the data fails before the first job, not
+    after the jobs before it."""
+    from ..run.parts import load_split
+
+    by_data: dict[str, list[Job]] = {}
+    for job in jobs:
+        by_data.setdefault(digest(job.config.to_dict()["data"]), []).append(job)
+    for group in by_data.values():
+        try:
+            train = load_split(registry, group[0].config, "train")
+        except RddError as exc:
+            raise RddError(f"study job {group[0].title}: {exc}") from None
+        sizes = train.labels.bincount(minlength=train.num_classes)
+        smallest = int(sizes.argmin())
+        for job in group:
+            dcfg = job.config.distill
+            wants = getattr(registry.create("distillers", dcfg.distiller, **dcfg.params), "real_images_per_class", None)
+            needed = wants(job.ipc) if callable(wants) else 0
+            if needed > sizes[smallest]:
+                raise RddError(f"study job {job.title}: {dcfg.distiller} at IPC {job.ipc} draws {needed} real images "
+                               f"per class, and class {smallest} of {job.dataset} has {int(sizes[smallest])}")

@@ -26,7 +26,7 @@ from .jobs import (JOBS_FOLDER, adopt_earlier_folder, evaluation_folder, finishe
                    set_folder, shard_jobs)
 from .leaderboard import write_leaderboard
 from .pace import seconds_left
-from .preflight import check_jobs
+from .preflight import check_data, check_jobs
 
 STUDY_FILE = "study.toml"  # the study as given, beside its results
 
@@ -109,6 +109,7 @@ def run_study(source: str | Path | dict, out: str | Path | None = None, *, shard
     out = check_writable(out if out is not None else default_out(source), "study folder")
     mine = shard_jobs(jobs, index, count)
     _refuse_results_without_sets(out, mine)
+    check_data(mine, registry)
     _warn_of_another_thread_count(out, jobs, mine)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / STUDY_FILE, to_toml({**study.source, "name": study.name}))

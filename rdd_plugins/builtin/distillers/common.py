@@ -105,6 +105,9 @@ class SyntheticImages:
             raise RddError(f"{who}: lr_img must be > 0 and momentum_img in [0, 1)")
         self.lr, self.momentum, self.init, self.clamp, self.who = lr, momentum, init, clamp, who
 
+    def real_images_per_class(self, ipc: int) -> int:
+        return ipc if self.init == "real" else 0
+
     def init_state(self, context: DistillContext) -> dict:
         mean, std = dataset_stats(context)
         k, ipc = context.num_classes, context.ipc

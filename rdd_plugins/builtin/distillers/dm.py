@@ -31,6 +31,9 @@ class DistributionMatching:
         self.batch_real = batch_real
         self.augment = None if strategy.lower() == "none" else SiameseAugment(strategy, who="dm")
 
+    def real_images_per_class(self, ipc: int) -> int:
+        return self.images.real_images_per_class(ipc)
+
     def init(self, context: DistillContext) -> dict:
         return self.images.init_state(context)
 

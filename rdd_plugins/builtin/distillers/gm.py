@@ -108,6 +108,9 @@ class GradientMatching:
         self.regularize_inner = regularize_inner
         self._cuda_chunk: int | None = None  # auto's chunk on CUDA, once measured
 
+    def real_images_per_class(self, ipc: int) -> int:
+        return self.images.real_images_per_class(ipc)
+
     def init(self, context: DistillContext) -> dict:
         check_regularizer_on_run(context)
         outer, inner = dc_loops(context.ipc)

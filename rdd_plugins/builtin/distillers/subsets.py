@@ -20,6 +20,9 @@ class RandomSubset:
 
     iterations_needed = False
 
+    def real_images_per_class(self, ipc: int) -> int:
+        return ipc
+
     def init(self, context: DistillContext) -> dict:
         picks = random_real_indices(context, context.ipc, "random")
         return {"images": context.train.images[picks].clone(), "labels": context.train.labels[picks].clone()}
@@ -59,6 +62,9 @@ class Herding:
         if feature_epochs < 0 or lr <= 0 or batch_size <= 0:
             raise RddError("herding: feature_epochs >= 0, lr > 0 and batch_size > 0 are needed")
         self.feature_epochs, self.lr, self.batch_size = feature_epochs, lr, batch_size
+
+    def real_images_per_class(self, ipc: int) -> int:
+        return ipc
 
     def init(self, context: DistillContext) -> dict:
         random_real_indices(context, context.ipc, "herding")  # every class must have enough images
