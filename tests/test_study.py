@@ -429,7 +429,18 @@ def test_a_failing_job_is_reported_and_the_others_go_on(tmp_path, monkeypatch, c
         api.study(only_gm, out=tmp_path / "gm-only", progress=False)
 
 
-def test_a_changed_evaluate_setting_re_evaluates_without_re_distilling(smoke_out, tmp_path, watched):
+def _numbers_of(folder: Path) -> dict:
+    """Per job folder and evaluation: every model's clean, per-attack and worst-case numbers."""
+    numbers = {}
+    for path in sorted(folder.glob("jobs/*/evaluation/*/results.json")):
+        (row,) = json.loads(path.read_text())["results"]
+        numbers[str(path.relative_to(folder))] = [(m["clean"], {a: {e: r["robust"] for e, r in per.items()}
+                                                                for a, per in m["attacks"].items()}, m["worst"])
+                                                  for m in row["per_seed"]]
+    return numbers
+
+
+def test_a_changed_evaluate_setting_re_evaluates_without_re_distilling(smoke_out, tmp_path, watched, capsys):
     out = tmp_path / "study"
     shutil.copytree(smoke_out, out)
     study = _with("base.evaluate.n_test", 30)
@@ -439,6 +450,37 @@ def test_a_changed_evaluate_setting_re_evaluates_without_re_distilling(smoke_out
     assert all(len(list(p.glob("evaluation/*/results.json"))) == 2 for p in (out / "jobs").iterdir())
     rows = [json.loads(p.read_text())["results"][0] for p in (out / "jobs").glob("*/evaluation/*/results.json")]
     assert sorted(r["evaluation"]["n_test"] for r in rows) == [30] * 4 + [40] * 4
+    # the evaluation models were trained once: attacking the kept ones gives a fresh training's numbers
+    assert capsys.readouterr().err.count("trained model reused") == 4
+    fresh = tmp_path / "fresh"
+    shutil.copytree(smoke_out, fresh)
+    for models in fresh.glob(f"jobs/*/{runner.MODELS_FOLDER}"):
+        shutil.rmtree(models)
+    api.study(study, out=fresh, progress=False)
+    assert "trained model reused" not in capsys.readouterr().err
+    assert _numbers_of(out) == _numbers_of(fresh)
+    # a training setting is keyed: other epochs train models of their own
+    api.study(_with("base.evaluate.epochs", 4), out=out, progress=False)
+    assert "trained model reused" not in capsys.readouterr().err
+    assert all(len(list((p / runner.MODELS_FOLDER).iterdir())) == 2 for p in (out / "jobs").iterdir())
+
+
+def test_a_damaged_kept_model_is_trained_again(tmp_path):
+    from rdd_plugins.evaluation.seed_cache import ModelCache
+
+    make_model = lambda: torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))  # noqa: E731
+    cache = ModelCache(tmp_path, {"evaluate": {"epochs": 3, "eps": ["8/255"]}}, "sha", "cpu")
+    trained = make_model()
+    cache.put("lin", {}, 0, trained, 1.5)
+    model, seconds = cache.get("lin", {}, 0, make_model)
+    assert seconds == 1.5 and not model.training
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
+    other_eps = ModelCache(tmp_path, {"evaluate": {"epochs": 3, "eps": ["2/255"]}}, "sha", "cpu")
+    assert other_eps.get("lin", {}, 0, make_model) is not None  # attacks are not part of a model's key
+    assert ModelCache(tmp_path, {"evaluate": {"epochs": 4}}, "sha", "cpu").get("lin", {}, 0, make_model) is None
+    (path,) = tmp_path.iterdir()
+    path.write_bytes(path.read_bytes()[:20])
+    assert cache.get("lin", {}, 0, make_model) is None
 
 
 def test_a_setting_no_set_depends_on_re_runs_only_the_jobs_it_touches(smoke_out, tmp_path, watched):

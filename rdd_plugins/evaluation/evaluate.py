@@ -16,9 +16,11 @@ from .report import plot_image_grid, write_report
 
 def evaluate_to_folder(distilled: DistilledSet, config: RunConfig, registry: Registry, *,
                        out: str | Path | None = None, label: str = "", progress: bool = True,
-                       source: str | Path | None = None, world: World | None = None) -> list[dict]:
+                       source: str | Path | None = None, models_dir: str | Path | None = None,
+                       world: World | None = None) -> list[dict]:
     """:func:`evaluate_set`, with results.json, report.md, plots and the resolved config in ``out``
-    (checked writable before any work) and finished seeds kept under ``out/seeds``.
+    (checked writable before any work) and finished seeds kept under ``out/seeds`` (the trained
+    models under ``models_dir``, when given).
 
     On several ranks every rank computes and returns the results; rank 0 alone checks and writes
     ``out`` (another node need not even see it).
@@ -30,7 +32,8 @@ def evaluate_to_folder(distilled: DistilledSet, config: RunConfig, registry: Reg
             if world.is_main:
                 check_writable(out, "evaluation folder")
     results = evaluate_set(distilled, config, registry, label=label, progress=progress,
-                           seeds_dir=out / "seeds" if out is not None else None, world=world)
+                           seeds_dir=out / "seeds" if out is not None else None, models_dir=models_dir,
+                           world=world)
     if out is not None and world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.toml", to_toml(config.to_dict()))

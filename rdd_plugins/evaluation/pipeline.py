@@ -26,7 +26,7 @@ from ..runtime import Runtime, device_clock, prepare_runtime, scoped_numerics
 from ..storage import DistilledSet
 from .metrics import robustness_indices, success_rate, summarize
 from .robust import clean_correct, robust_correct
-from .seed_cache import SeedCache, set_digest
+from .seed_cache import ModelCache, SeedCache, set_digest
 from .suites import PlannedAttack, plan_attacks
 
 # 2: several attacks, threat models and backbones per set; per-attack success rates; indices.
@@ -174,11 +174,14 @@ def _summary(per_seed: list[dict], plan: list[PlannedAttack], cascade: bool) -> 
 @scoped_numerics
 def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry, *,
                  test: ImageData | None = None, label: str = "", progress: bool = True,
-                 seeds_dir: str | Path | None = None, world: World | None = None) -> list[dict]:
+                 seeds_dir: str | Path | None = None, models_dir: str | Path | None = None,
+                 world: World | None = None) -> list[dict]:
     """Train ``config.evaluate.seeds`` fresh models per backbone on ``distilled`` and attack each.
 
     Returns one result per backbone (the rows of results.json). With ``seeds_dir`` every finished
     (backbone, seed) is kept there and reused by a rerun of the same evaluation (seed_cache.py).
+    With ``models_dir`` (one process only) the trained models are kept there too, and any
+    evaluation of the set under other attacks attacks them instead of training them again.
 
     On several ranks (``world``, torchrun's by default) the (backbone, seed) models still to compute
     are dealt round-robin and trained in parallel, a round of one per rank at a time; then, model by
@@ -213,8 +216,12 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
               file=sys.stderr)
     x_test, y_test = test.images.to(device), test.labels.to(device)
     # the key holds str(device), "cuda" on every CUDA rank: it does not depend on the rank
+    sha = set_digest(distilled) if seeds_dir is not None or models_dir is not None else ""
     cache = None if seeds_dir is None else SeedCache(
-        seeds_dir, config.to_dict(), set_digest(distilled), (test.name, int(x_test.shape[0]), str(device)))
+        seeds_dir, config.to_dict(), sha, (test.name, int(x_test.shape[0]), str(device)))
+    # one process only: on several, the models of a round are trained in parallel and shared
+    models = None if models_dir is None or world.distributed else ModelCache(
+        models_dir, config.to_dict(), sha, str(device))
     tags = [name if len(specs) == 1 else f"{name} [{backbone}]" for backbone, _ in specs]
     seeds = range(config.seed, config.seed + config.evaluate.seeds)
     jobs = [(b, seed) for b in range(len(factories)) for seed in seeds]  # (backbone index, seed), in row order
@@ -242,8 +249,16 @@ def evaluate_set(distilled: DistilledSet, config: RunConfig, registry: Registry,
         with fail_together(world):
             if world.rank < len(round_jobs):
                 b, seed = jobs[round_jobs[world.rank]]
-                trained, train_seconds = train_seed(factories[b][2], distilled, config, seed=seed, device=device,
-                                                    progress=progress and world.is_main, tag=tags[b])
+                backbone, backbone_params, make_model = factories[b]
+                kept = None if models is None else models.get(backbone, backbone_params, seed, make_model)
+                if kept is not None:
+                    print(f"rdd: {tags[b]} seed {seed}: trained model reused (from {models.folder})", file=sys.stderr)
+                    trained, train_seconds = kept[0], 0.0  # what this evaluation spent training
+                else:
+                    trained, train_seconds = train_seed(make_model, distilled, config, seed=seed, device=device,
+                                                        progress=progress and world.is_main, tag=tags[b])
+                    if models is not None:
+                        models.put(backbone, backbone_params, seed, trained, train_seconds)
         train_seconds = gather_to_all(train_seconds, world)
         for owner, j in enumerate(round_jobs):
             (backbone, backbone_params, make_model), seed = factories[jobs[j][0]], jobs[j][1]

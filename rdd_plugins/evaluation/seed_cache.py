@@ -12,6 +12,12 @@ unreadable, is simply computed again.
 On several ranks (torchrun) rank 0 alone reads and writes the folder (pipeline.evaluate_set). The
 key holds nothing about the ranks, not even their number: the results do not depend on it, so a
 rerun on another number of processes reuses them.
+
+``ModelCache`` keeps the trained evaluation models themselves (safetensors), keyed by what their
+training depends on and nothing about the attacks: an evaluation of the same set under other
+attacks, radii or test points (a study's changed ``eps``, its AutoAttack pass) attacks the models
+it finds instead of training them again. Their weights are the trained ones bit for bit, and every
+attack draws under its own work key, so the numbers are those of a run that trained them.
 """
 
 from __future__ import annotations
@@ -20,8 +26,15 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..storage import DistilledSet, write_json
+from torch import nn
+
+from ..config import ATTACK_PLAN_KEYS
+from ..storage import DistilledSet, atomic_write, write_json
 from ..versions import package_versions
+
+# evaluate keys no model's training reads: the attacks, the test points, the attack batches, and
+# how many seeds and which backbones (each model is keyed by its own backbone and seed)
+NOT_TRAINING = (*ATTACK_PLAN_KEYS, "n_test", "eval_batch_size", "seeds", "backbone", "backbone_params")
 
 
 def set_digest(distilled: DistilledSet) -> str:
@@ -61,3 +74,48 @@ class SeedCache:
 
     def put(self, backbone: str, backbone_params: dict, seed: int, result: dict) -> None:
         write_json(self._path(backbone, seed), {"key": self._key(backbone, backbone_params, seed), "result": result})
+
+
+def _safe(backbone: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in backbone)
+
+
+class ModelCache:
+    """``get(backbone, params, seed, make_model)`` -> (the stored trained model in eval mode, its
+    training seconds) or None; ``put`` stores one atomically. Files are named by their key, so the
+    models of other training settings sit beside each other."""
+
+    def __init__(self, folder: str | Path, config: dict, set_sha: str, device: str) -> None:
+        self.folder = Path(folder)
+        training = {k: v for k, v in config.get("evaluate", {}).items() if k not in NOT_TRAINING}
+        self.base = {"config": {**config, "evaluate": training}, "set": set_sha, "device": device,
+                     "versions": package_versions()}
+
+    def _path(self, backbone: str, backbone_params: dict, seed: int) -> Path:
+        doc = {**self.base, "backbone": backbone, "backbone_params": backbone_params, "seed": seed}
+        key = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+        return self.folder / f"{_safe(backbone)}-seed{seed}-{key[:16]}.safetensors"
+
+    def get(self, backbone: str, backbone_params: dict, seed: int, make_model) -> tuple[nn.Module, float] | None:
+        from safetensors import SafetensorError, safe_open
+        from safetensors.torch import load_file
+
+        path = self._path(backbone, backbone_params, seed)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                seconds = float((f.metadata() or {})["train_seconds"])
+            weights = load_file(str(path))
+            model = make_model()
+            device = next(iter(model.state_dict().values())).device
+            model.load_state_dict({k: v.to(device) for k, v in weights.items()}, strict=True)
+        except (SafetensorError, OSError, ValueError, KeyError, RuntimeError, StopIteration):
+            return None  # absent, or damaged: trained again
+        return model.eval(), seconds
+
+    def put(self, backbone: str, backbone_params: dict, seed: int, model: nn.Module, train_seconds: float) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(self._path(backbone, backbone_params, seed),
+                     lambda tmp: save_file(tensors, tmp, metadata={"train_seconds": str(train_seconds)}))

@@ -29,6 +29,7 @@ from .pace import seconds_left
 from .preflight import check_data, check_jobs
 
 STUDY_FILE = "study.toml"  # the study as given, beside its results
+MODELS_FOLDER = "models"  # in a job's folder: its evaluation models, trained once for every evaluation
 
 
 # The two calls that do the work, kept apart so that a caller (or a test) can watch them.
@@ -44,8 +45,10 @@ def evaluate_job_set(distilled: DistilledSet, config: RunConfig, registry: Regis
                      label: str, progress: bool) -> list[dict]:
     from ..evaluation.evaluate import evaluate_to_folder
 
+    set_dir = folder.parent.parent
+    # the set's trained models, shared by its evaluations: other attacks or test points train none again
     return evaluate_to_folder(distilled, config, registry, out=folder, label=label, progress=progress,
-                              source=folder.parent.parent)
+                              source=set_dir, models_dir=set_dir / MODELS_FOLDER)
 
 
 def obtain_set(job: Job, folder: Path, registry: Registry, progress: bool) -> tuple[DistilledSet, str]:
