@@ -427,7 +427,8 @@ def _print_study_status(args, shard: tuple[int, int]) -> int:
     print(f"study {status['study']} in {status['out']}:{shard_text} {counts} (of {status['shard_jobs']} jobs)")
     bare = status["counts"].get("results-only", 0)
     if bare:
-        print(f"{bare} jobs hold results without their sets (an export?): a run into this folder stops before "
+        print(f"{bare} job{'s hold' if bare > 1 else ' holds'} results without a set (an export?): a run into "
+              "this folder stops before "
               "any work; --leaderboard rewrites the leaderboard from them")
     unfinished = len(status["rows"]) - status["counts"].get("finished", 0) - bare
     unpriced = status["left"]["unpriced"]
@@ -442,7 +443,7 @@ def _print_study_status(args, shard: tuple[int, int]) -> int:
 
 def _duration(seconds: float) -> str:
     if seconds < 90:
-        return f"{seconds:.0f} s" if seconds >= 1 else "under a second"
+        return f"{max(seconds, 1):.0f} s"
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
 
 

@@ -14,7 +14,8 @@ from rdd_plugins import api, plugins
 from rdd_plugins.cli import _duration, main
 from rdd_plugins.config import load_toml, parse_eps
 from rdd_plugins.errors import RddError
-from rdd_plugins.run.folder import IMAGES_FILE
+from rdd_plugins.run.folder import CHECKPOINT_FILE, IMAGES_FILE
+from rdd_plugins.storage import load_distilled
 from rdd_plugins.studies import checks, runner
 from rdd_plugins.studies.grid import expand, load_study
 from rdd_plugins.studies.jobs import (digest, evaluation_folder, evaluation_key, evaluation_seconds, parse_shard,
@@ -257,6 +258,22 @@ def test_only_a_distiller_that_draws_real_images_is_held_to_the_class_size():
         check_data(expand(load_study(study)), plugins.get_registry())
 
 
+def test_a_missing_test_split_fails_before_the_first_job(tmp_path, monkeypatch, watched):
+    from rdd_plugins.run import parts
+
+    load_split = parts.load_split
+
+    def without_test_files(registry, config, split):
+        if split == "test":
+            raise RddError("t10k-images-idx3-ubyte not found")
+        return load_split(registry, config, split)
+
+    monkeypatch.setattr(parts, "load_split", without_test_files)
+    with pytest.raises(RddError, match="^study job synthetic ipc 2 random seed 0: t10k-images-idx3-ubyte not found$"):
+        api.study(SMOKE, out=tmp_path / "out", progress=False)
+    assert watched == {"distill": [], "evaluate": []}
+
+
 def test_the_cli_says_a_bad_key_in_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text(SMOKE.read_text().replace("[grid]", "[grid]\nipcs = [1]"))
@@ -356,6 +373,15 @@ def test_the_leaderboard_is_rewritten_from_results_alone(smoke_out, tmp_path, wa
         api.study_leaderboard(SMOKE, out=tmp_path / "nothing-ran-here")
 
 
+def test_the_leaderboard_of_another_studys_folder_is_not_replaced(smoke_out, tmp_path):
+    out = tmp_path / "study"
+    shutil.copytree(smoke_out, out)
+    before = (out / "leaderboard.json").read_bytes()
+    with pytest.raises(RddError, match="no job of study has finished in .*is this the study that ran there"):
+        api.study_leaderboard(_with("base.evaluate.n_test", 30), out=out)
+    assert (out / "leaderboard.json").read_bytes() == before
+
+
 def _studys_own_plugins(folder: Path):
     """The plugin a committed study's distiller lives in (herding_nearest.py's), registered."""
     script = STUDIES / "fashion-mnist" / "herding_nearest.py"
@@ -389,23 +415,31 @@ def test_a_committed_leaderboard_is_what_its_jobs_results_give(folder, tmp_path)
 def test_sets_of_another_thread_count_are_named_before_work_and_in_the_leaderboard(smoke_out, tmp_path, capsys):
     # torchrun gives each process one thread where a plain run has one per core: on a CPU the same
     # config then rounds differently, and the keys hold no thread count
-    out = tmp_path / "study"
-    shutil.copytree(smoke_out, out)
+    def copy_with_counts(name: str, *counts) -> Path:
+        """The smoke study with its gm jobs' counts edited and one random job to run again."""
+        out = tmp_path / name
+        shutil.copytree(smoke_out, out)
+        for meta_file, count in zip(sorted(out.glob("jobs/*gm*/meta.json")), counts):
+            meta = json.loads(meta_file.read_text())
+            assert meta["cpu_threads"] == mine and meta["device"] == "cpu"
+            meta_file.write_text(json.dumps({**meta, "cpu_threads": count}))
+        shutil.rmtree(next(out.glob("jobs/*random-seed0*")))
+        return out
+
     mine = torch.get_num_threads()
     other = mine + 5
-    meta_file = next(out.glob("jobs/*/meta.json"))
-    meta = json.loads(meta_file.read_text())
-    assert meta["cpu_threads"] == mine and meta["device"] == "cpu"
-    meta_file.write_text(json.dumps({**meta, "cpu_threads": other}))
+    out = copy_with_counts("other", other)
     api.study(SMOKE, out=out, progress=False)
     assert f"made with {other} threads, this process has {mine}" in capsys.readouterr().err
     board = json.loads((out / "leaderboard.json").read_text())
     assert board["cpu_threads"] == dict(sorted({str(mine): 3, str(other): 1}.items(), key=lambda kv: int(kv[0])))
     assert "CPU sets made with different thread counts" in (out / "leaderboard.md").read_text()
     assert "different thread counts" not in (smoke_out / "leaderboard.md").read_text()
-    shutil.copytree(smoke_out, tmp_path / "same")
-    api.study(SMOKE, out=tmp_path / "same", progress=False)
-    assert "threads" not in capsys.readouterr().err  # one count, this process's: nothing to say
+    # nothing to say: no work to do; one count, this process's; a count that was not recorded
+    api.study(SMOKE, out=out, progress=False)
+    api.study(SMOKE, out=copy_with_counts("same"), progress=False)
+    api.study(SMOKE, out=copy_with_counts("unrecorded", None), progress=False)
+    assert "threads" not in capsys.readouterr().err
 
 
 def test_a_failing_job_is_reported_and_the_others_go_on(tmp_path, monkeypatch, capsys):
@@ -454,7 +488,7 @@ def test_a_changed_evaluate_setting_re_evaluates_without_re_distilling(smoke_out
     assert capsys.readouterr().err.count("trained model reused") == 4
     fresh = tmp_path / "fresh"
     shutil.copytree(smoke_out, fresh)
-    for models in fresh.glob(f"jobs/*/{runner.MODELS_FOLDER}"):
+    for models in fresh.glob("jobs/*/evaluation/models"):
         shutil.rmtree(models)
     api.study(study, out=fresh, progress=False)
     assert "trained model reused" not in capsys.readouterr().err
@@ -462,7 +496,21 @@ def test_a_changed_evaluate_setting_re_evaluates_without_re_distilling(smoke_out
     # a training setting is keyed: other epochs train models of their own
     api.study(_with("base.evaluate.epochs", 4), out=out, progress=False)
     assert "trained model reused" not in capsys.readouterr().err
-    assert all(len(list((p / runner.MODELS_FOLDER).iterdir())) == 2 for p in (out / "jobs").iterdir())
+    assert all(len(list((p / "evaluation" / "models").iterdir())) == 2 for p in (out / "jobs").iterdir())
+
+
+def test_a_damaged_set_is_distilled_again_beside_its_kept_models(smoke_out, tmp_path, watched):
+    # the kept models are what rdd derived from the set: they go with it, and stop nothing
+    out = tmp_path / "study"
+    shutil.copytree(smoke_out, out)
+    gm = next(j for j in expand(load_study(SMOKE)) if j.method == "gm+curvature")
+    images = set_folder(out, gm) / IMAGES_FILE
+    images.write_bytes(images.read_bytes()[:100])
+    (set_folder(out, gm) / CHECKPOINT_FILE).unlink()  # no resume: a fresh distillation replaces the folder
+    summary = api.study(_with("base.evaluate.n_test", 30), out=out, progress=False)
+    assert summary["done"] == {"re-evaluated": 3, "distilled": 1}
+    assert watched["distill"] == [(set_folder(out, gm).name, False)]
+    assert torch.equal(load_distilled(set_folder(out, gm)).images, load_distilled(set_folder(smoke_out, gm)).images)
 
 
 def test_a_damaged_kept_model_is_trained_again(tmp_path):
@@ -531,7 +579,7 @@ def test_status_says_what_each_job_needs_and_writes_nothing(smoke_out, tmp_path,
     assert api.study_status(SMOKE, out=out)["left"] == {"seconds": pytest.approx(expected), "unpriced": 0}
     assert main(["study", str(SMOKE), "--out", str(out), "--status"]) == 0
     assert "left at the pace of the finished jobs" in capsys.readouterr().out
-    assert [_duration(s) for s in (0.3, 30, 600, 7200)] == ["under a second", "30 s", "10 min", "2.0 h"]
+    assert [_duration(s) for s in (0.3, 30, 600, 7200)] == ["1 s", "30 s", "10 min", "2.0 h"]
     assert sorted((p, p.stat().st_mtime_ns) for p in out.rglob("*")) == files and watched == {"distill": [], "evaluate": []}
     assert api.study_status(SMOKE, out=tmp_path / "none")["counts"] == {"distil": 4}
     assert main(["study", str(SMOKE), "--out", str(tmp_path / "none"), "--status"]) == 0
@@ -566,12 +614,13 @@ def test_the_time_left_is_priced_at_the_pace_of_finished_peers_and_unpriced_with
     assert left([gm1]) == {"seconds": 170.0, "unpriced": 0}
 
 
-def test_a_further_evaluation_reuses_the_sets_and_gets_its_own_tables(smoke_out, tmp_path, watched):
+def test_a_further_evaluation_reuses_the_sets_and_gets_its_own_tables(smoke_out, tmp_path, watched, capsys):
     out = tmp_path / "study"
     shutil.copytree(smoke_out, out)
     study = _with("grid.evaluation", [{"name": "pgd-16", "attack": "pgd", "eps": ["16/255"], "n_test": 20}])
     summary = api.study(study, out=out, progress=False)
     assert summary["done"] == {"re-evaluated": 4} and watched["distill"] == [] and len(watched["evaluate"]) == 4
+    assert capsys.readouterr().err.count("trained model reused") == 4  # it attacks the main evaluation's models
     board = json.loads((out / "leaderboard.json").read_text())
     main_groups = [g for g in board["groups"] if g["evaluation"] == ""]
     (further,) = [g for g in board["groups"] if g["evaluation"] == "pgd-16"]

@@ -1,7 +1,8 @@
 """Finished evaluation seeds kept on disk, so an interrupted evaluation loses at most one model.
 
 Every (backbone, seed) result is written as JSON as soon as it is done, under a key that covers
-everything its numbers depend on: the resolved config, the device it ran on ("auto" resolved),
+everything its numbers depend on: the resolved config, the device it ran on ("auto" resolved;
+on a CPU, the intra-op thread count, since reductions split across threads round differently),
 the set's tensors, the test split, the backbone, the seed, and the versions of the packages that
 compute them (an upgraded torch or torchattacks computes afresh; a change to this repository's
 code under the same version number does not: start a fresh folder after one). Rerunning the same
@@ -11,10 +12,10 @@ unreadable, is simply computed again.
 
 On several ranks (torchrun) rank 0 alone reads and writes the folder (pipeline.evaluate_set). The
 key holds nothing about the ranks, not even their number: the results do not depend on it, so a
-rerun on another number of processes reuses them.
+rerun on another number of processes (with as many threads each) reuses them.
 
 ``ModelCache`` keeps the trained evaluation models themselves (safetensors), keyed by what their
-training depends on and nothing about the attacks: an evaluation of the same set under other
+training depends on (on a CPU, the thread count too) and nothing about the attacks: an evaluation of the same set under other
 attacks, radii or test points (a study's changed ``eps``, its AutoAttack pass) attacks the models
 it finds instead of training them again. Their weights are the trained ones bit for bit, and every
 attack draws under its own work key, so the numbers are those of a run that trained them.
@@ -52,7 +53,8 @@ class SeedCache:
 
     def __init__(self, folder: str | Path, config: dict, set_sha: str, test: tuple) -> None:
         self.folder = Path(folder)
-        self.base = {"config": config, "set": set_sha, "test": list(test), "versions": package_versions()}
+        self.base = {"config": config, "set": set_sha, "test": list(test), "versions": package_versions(),
+                     "cpu_threads": cpu_threads(str(test[-1]))}
 
     def _key(self, backbone: str, backbone_params: dict, seed: int) -> str:
         doc = {**self.base, "backbone": backbone, "backbone_params": backbone_params, "seed": seed}
@@ -76,6 +78,14 @@ class SeedCache:
         write_json(self._path(backbone, seed), {"key": self._key(backbone, backbone_params, seed), "result": result})
 
 
+def cpu_threads(device: str) -> int | None:
+    """On a CPU, the intra-op thread count (float reductions split across threads round
+    differently, so a model trained with another count is another model); None elsewhere."""
+    import torch
+
+    return torch.get_num_threads() if device == "cpu" else None
+
+
 def _safe(backbone: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in backbone)
 
@@ -87,9 +97,16 @@ class ModelCache:
 
     def __init__(self, folder: str | Path, config: dict, set_sha: str, device: str) -> None:
         self.folder = Path(folder)
+        # what training reads: the set, the training keys of evaluate, the dataset (its shape and
+        # statistics build the model), the numerics, where and with which torch it ran
         training = {k: v for k, v in config.get("evaluate", {}).items() if k not in NOT_TRAINING}
-        self.base = {"config": {**config, "evaluate": training}, "set": set_sha, "device": device,
-                     "versions": package_versions()}
+        data = config.get("data", {})
+        versions = package_versions()
+        self.base = {"set": set_sha, "evaluate": training,
+                     "data": {"dataset": data.get("dataset"), "params": data.get("params")},
+                     "numerics": {k: config.get(k) for k in ("deterministic", "tf32")},
+                     "device": device, "cpu_threads": cpu_threads(device),
+                     "versions": {k: versions.get(k) for k in ("rdd-plugins", "torch", "torchvision")}}
 
     def _path(self, backbone: str, backbone_params: dict, seed: int) -> Path:
         doc = {**self.base, "backbone": backbone, "backbone_params": backbone_params, "seed": seed}

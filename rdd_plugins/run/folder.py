@@ -26,7 +26,7 @@ RUN_FILES = {CONFIG_FILE, IMAGES_FILE, META_FILE, CHECKPOINT_FILE, HISTORY_FILE}
 DERIVED_NAMES = ("evaluation", "benchmark")
 DERIVED_MARKERS = ("results.json", "benchmark.json")
 DERIVED_FILES = {"results.json", "report.md", "config.toml", "benchmark.json"}
-DERIVED_DIRS = {"seeds", "model_info"}
+DERIVED_DIRS = {"seeds", "model_info", "models"}  # models: a study's trained evaluation models
 
 
 def derived_folders(folder: Path) -> list[Path]:

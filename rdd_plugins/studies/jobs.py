@@ -23,6 +23,7 @@ from .grid import Job
 
 KEY_CHARS = 12  # of the SHA-256 in a folder name: collisions need ~16M configs in one study
 JOBS_FOLDER = "jobs"
+EVALUATIONS_FOLDER = "evaluation"
 
 
 def digest(data) -> str:
@@ -123,7 +124,13 @@ def evaluation_folder(out: str | Path, job: Job, config: RunConfig | None = None
 
 def evaluation_in(folder: Path, config: RunConfig) -> Path:
     """The evaluation folder for ``config`` inside the set folder ``folder``."""
-    return folder / "evaluation" / evaluation_key(config)[:KEY_CHARS]
+    return folder / EVALUATIONS_FOLDER / evaluation_key(config)[:KEY_CHARS]
+
+
+def models_folder(folder: Path) -> Path:
+    """Where a job's evaluations keep its trained models: beside them, so that they count as what
+    rdd derived from the set (run/folder.py) and go when the set is distilled again."""
+    return folder / EVALUATIONS_FOLDER / "models"
 
 
 def parse_shard(text: str) -> tuple[int, int]:

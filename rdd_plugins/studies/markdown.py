@@ -69,7 +69,8 @@ def leaderboard_markdown(board: dict, plots: list[str]) -> str:
     ]
     threads = board.get("cpu_threads") or {}
     if len(threads) > 1:  # one count is the normal case; several mean the numbers mix roundings
-        made = ", ".join(f"{n} with {count} threads" if count.isdigit() else f"{n} with an {count} count"
+        made = ", ".join(f"{n} with {count} thread{'' if count == '1' else 's'}" if count.isdigit()
+                         else f"{n} with an {count} count"
                          for count, n in threads.items())
         lines += [f"CPU sets made with different thread counts ({made}): on a CPU a set rounds "
                   f"differently with another count, so same-config jobs agree bit for bit only within one, "

@@ -48,7 +48,7 @@ def check_jobs(jobs: list[Job], registry: Registry) -> None:
 
 
 def check_data(jobs: list[Job], registry: Registry) -> None:
-    """Each dataset of ``jobs`` loaded once (missing files fail here), and every job's IPC checked
+    """Each dataset of ``jobs`` loaded once, both splits (missing files fail here), and every job's IPC checked
     against its smallest class for a distiller that says how many real images it draws
     (``real_images_per_class``): an IPC too large for the data fails before the first job, not
     after the jobs before it."""
@@ -60,6 +60,7 @@ def check_data(jobs: list[Job], registry: Registry) -> None:
     for group in by_data.values():
         try:
             train = load_split(registry, group[0].config, "train")
+            load_split(registry, group[0].config, "test")  # every job's evaluation reads it
         except RddError as exc:
             raise RddError(f"study job {group[0].title}: {exc}") from None
         sizes = train.labels.bincount(minlength=train.num_classes)

@@ -22,14 +22,13 @@ from ..runtime import resolve_device
 from ..storage import DistilledSet, atomic_write_text, load_distilled
 from .grid import Job, expand, load_study
 from .jobs import (JOBS_FOLDER, adopt_earlier_folder, evaluation_folder, finished_cpu_threads, finished_results,
-                   finished_set_meta, job_status, parse_shard, present_set_folder, results_without_set, resumable,
+                   finished_set_meta, job_status, models_folder, parse_shard, present_set_folder, results_without_set, resumable,
                    set_folder, shard_jobs)
-from .leaderboard import write_leaderboard
+from .leaderboard import collect, write_leaderboard
 from .pace import seconds_left
 from .preflight import check_data, check_jobs
 
 STUDY_FILE = "study.toml"  # the study as given, beside its results
-MODELS_FOLDER = "models"  # in a job's folder: its evaluation models, trained once for every evaluation
 
 
 # The two calls that do the work, kept apart so that a caller (or a test) can watch them.
@@ -48,7 +47,7 @@ def evaluate_job_set(distilled: DistilledSet, config: RunConfig, registry: Regis
     set_dir = folder.parent.parent
     # the set's trained models, shared by its evaluations: other attacks or test points train none again
     return evaluate_to_folder(distilled, config, registry, out=folder, label=label, progress=progress,
-                              source=set_dir, models_dir=set_dir / MODELS_FOLDER)
+                              source=set_dir, models_dir=models_folder(set_dir))
 
 
 def obtain_set(job: Job, folder: Path, registry: Registry, progress: bool) -> tuple[DistilledSet, str]:
@@ -112,8 +111,10 @@ def run_study(source: str | Path | dict, out: str | Path | None = None, *, shard
     out = check_writable(out if out is not None else default_out(source), "study folder")
     mine = shard_jobs(jobs, index, count)
     _refuse_results_without_sets(out, mine)
-    check_data(mine, registry)
-    _warn_of_another_thread_count(out, jobs, mine)
+    finished = {job.title for job in mine if job_status(out, job)["state"] == "finished"}
+    work = [job for job in mine if job.title not in finished]
+    check_data(work, registry)
+    _warn_of_another_thread_count(out, jobs, work)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / STUDY_FILE, to_toml({**study.source, "name": study.name}))
     for job in mine:
@@ -121,7 +122,6 @@ def run_study(source: str | Path | dict, out: str | Path | None = None, *, shard
     done: dict[str, int] = {}
     failed = []
     # finished jobs start the bar rather than count in its rate: a rerun's pace is its work's
-    finished = {job.title for job in mine if job_status(out, job)["state"] == "finished"}
     with bar(total=len(mine), initial=len(finished), desc=f"study {study.name}", unit="job",
              enabled=progress) as pbar:
         for job in mine:
@@ -153,27 +153,31 @@ def _refuse_results_without_sets(out: Path, jobs: list[Job]) -> None:
     (committed results) would otherwise be distilled and evaluated over."""
     bare = [job for job in jobs if results_without_set(present_set_folder(out, job))]
     if bare:
-        raise RddError(f"{out} holds results without their sets ({len(bare)} jobs, e.g. {bare[0].title}: an "
-                       "export?); a run would replace them: give another --out, or --leaderboard to rewrite "
-                       "this folder's leaderboard from them")
+        jobs_text = f"{len(bare)} job{'s' if len(bare) > 1 else ''}"
+        raise RddError(f"{out} holds results without their sets ({jobs_text}, e.g. {bare[0].title}: an "
+                       "export, or sets deleted by hand); a run would replace them: give another --out, use "
+                       "--leaderboard to rewrite this folder's leaderboard from them, or remove the folders "
+                       "of the jobs to distil again")
 
 
-def _warn_of_another_thread_count(out: Path, jobs: list[Job], mine: list[Job]) -> None:
-    """Say so when this process would make CPU sets with another thread count than the study's
-    finished ones (torchrun gives each process OMP_NUM_THREADS=1 where a plain run has a thread
-    per core): the job keys hold no thread count, so the leaderboard would mix roundings."""
+def _warn_of_another_thread_count(out: Path, jobs: list[Job], work: list[Job]) -> None:
+    """Say so when this process would make CPU sets (``work``: its unfinished jobs) with another
+    thread count than the study's finished ones have (torchrun gives each process
+    OMP_NUM_THREADS=1 where a plain run has a thread per core): the job keys hold no thread count,
+    so the leaderboard would mix roundings. Sets whose count is unrecorded say nothing either way."""
     import torch
 
     if os.environ.get("RANK", "0") != "0":  # one note per launch: torchrun's processes have one count
         return
-    if not any(str(resolve_device(job.config.device)) == "cpu" for job in mine):
+    if not any(str(resolve_device(job.config.device)) == "cpu" for job in work):
         return
-    others = {t for t in finished_cpu_threads(out, jobs) if t != torch.get_num_threads()}
+    mine = torch.get_num_threads()
+    others = sorted(t for t in finished_cpu_threads(out, jobs) if isinstance(t, int) and t != mine)
     if others:
-        counts = ", ".join(sorted(map(str, others)))
-        print(f"rdd: note: finished CPU sets here were made with {counts} threads, this process has "
-              f"{torch.get_num_threads()}: on a CPU their numbers round differently (OMP_NUM_THREADS sets the count; "
-              "leaderboard.json's cpu_threads counts the sets by thread count)", file=sys.stderr)
+        print(f"rdd: note: finished CPU sets here were made with {' or '.join(map(str, others))} "
+              f"thread{'s' if others != [1] else ''}, this process has {mine}: on a CPU their numbers round "
+              "differently (OMP_NUM_THREADS sets the count; leaderboard.json's cpu_threads counts the sets "
+              "by thread count)", file=sys.stderr)
 
 
 def rewrite_leaderboard(source: str | Path | dict, out: str | Path | None = None) -> dict:
@@ -184,6 +188,10 @@ def rewrite_leaderboard(source: str | Path | dict, out: str | Path | None = None
     if not (out / JOBS_FOLDER).is_dir():
         raise RddError(f"{out}: no {JOBS_FOLDER}/ folder, so no job of a study has run there")
     check_writable(out, "study folder")
+    if not collect(out, jobs) and any((out / JOBS_FOLDER).iterdir()):
+        # another study's folder: its leaderboard must not be replaced by an empty one
+        raise RddError(f"no job of {study.name} has finished in {out}, whose {JOBS_FOLDER}/ holds other jobs: "
+                       f"is this the study that ran there? ({out / STUDY_FILE} is its file)")
     return write_leaderboard(out, study, jobs)
 
 
