@@ -160,9 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every N-th job from the I-th (0-based), e.g. $SLURM_ARRAY_TASK_ID/8")
     only = p.add_mutually_exclusive_group()
     only.add_argument("--status", action="store_true",
-                      help="say what each job still needs (finished, evaluate, resume, distil); run and write nothing")
+                      help="say what each job still needs (finished, evaluate, resume, distil, results-only); "
+                           "run and write nothing")
     only.add_argument("--leaderboard", action="store_true",
-                      help="rewrite the leaderboard from the finished jobs in --out (an export's JSONs too); run no job")
+                      help="rewrite the leaderboard from the finished jobs in --out (an export's JSONs too); "
+                           "run no job")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     for sub_parser in sub.choices.values():
         # eps values such as -1/255 are values (rejected by parse_eps with the reason), not options
@@ -428,8 +430,7 @@ def _print_study_status(args, shard: tuple[int, int]) -> int:
     bare = status["counts"].get("results-only", 0)
     if bare:
         print(f"{bare} job{'s hold' if bare > 1 else ' holds'} results without a set (an export?): a run into "
-              "this folder stops before "
-              "any work; --leaderboard rewrites the leaderboard from them")
+              "this folder stops before any work; --leaderboard rewrites the leaderboard from them")
     unfinished = len(status["rows"]) - status["counts"].get("finished", 0) - bare
     unpriced = status["left"]["unpriced"]
     pace = "at the pace of the finished jobs of the same method and IPC"

@@ -15,9 +15,9 @@ key holds nothing about the ranks, not even their number: the results do not dep
 rerun on another number of processes (with as many threads each) reuses them.
 
 ``ModelCache`` keeps the trained evaluation models themselves (safetensors), keyed by what their
-training depends on (on a CPU, the thread count too) and nothing about the attacks: an evaluation of the same set under other
-attacks, radii or test points (a study's changed ``eps``, its AutoAttack pass) attacks the models
-it finds instead of training them again. Their weights are the trained ones bit for bit, and every
+training depends on (on a CPU, the thread count too) and nothing about the attacks: an evaluation
+of the same set under other attacks, radii or test points (a study's changed ``eps``, its
+AutoAttack pass) attacks the models it finds instead of training them again. Their weights are the trained ones bit for bit, and every
 attack draws under its own work key, so the numbers are those of a run that trained them.
 """
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-from statistics import fmean
 from pathlib import Path
+from statistics import fmean
 
 from ..config import parse_eps
 from ..storage import atomic_write_text, write_json
@@ -226,19 +226,24 @@ def leaderboard(study: Study, jobs: list[Job], records: list[dict]) -> dict:
               "backbone": r["backbone"], "evaluation": r.get("evaluation", MAIN), "flags": protocol_flags(r["row"])}
              for r in records]
     main = [r for r in records if r.get("evaluation", MAIN) == MAIN]
-    threads: dict[str, int] = {}
-    for job in {(r["dataset"], r["ipc"], r["method"], r["seed"]): r.get("cpu_threads") for r in main}.values():
-        if job is not None:
-            threads[str(job)] = threads.get(str(job), 0) + 1
+    threads: dict[str, int] = {}  # finished CPU sets per thread count, one per job
+    for count in {(r["dataset"], r["ipc"], r["method"], r["seed"]): r.get("cpu_threads") for r in main}.values():
+        if count is not None:
+            threads[str(count)] = threads.get(str(count), 0) + 1
     return {
         "schema": SCHEMA, "study": study.name, "methods": methods,
         "jobs": {"total": len(jobs), "finished": len({(r["dataset"], r["ipc"], r["method"], r["seed"])
                                                       for r in main})},
         "baselines": list(study.baselines), "random_method": random_method,
-        "cpu_threads": dict(sorted(threads.items(), key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0))),
+        "cpu_threads": dict(sorted(threads.items(), key=_counts_first)),
         "groups": groups,
         "flags": [f for f in flags if f["flags"]],
     }
+
+
+def _counts_first(item: tuple[str, int]) -> tuple:
+    """Thread counts in numeric order, then "unrecorded"."""
+    return (0, int(item[0]), "") if item[0].isdigit() else (1, 0, item[0])
 
 
 def write_leaderboard(out: str | Path, study: Study, jobs: list[Job]) -> dict:

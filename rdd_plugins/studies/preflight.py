@@ -48,10 +48,10 @@ def check_jobs(jobs: list[Job], registry: Registry) -> None:
 
 
 def check_data(jobs: list[Job], registry: Registry) -> None:
-    """Each dataset of ``jobs`` loaded once, both splits (missing files fail here), and every job's IPC checked
-    against its smallest class for a distiller that says how many real images it draws
-    (``real_images_per_class``): an IPC too large for the data fails before the first job, not
-    after the jobs before it."""
+    """Each dataset of ``jobs`` loaded once, both splits (missing files fail here), and every
+    job's IPC checked against its smallest class for a distiller that says how many real images
+    it draws (``real_images_per_class``): an IPC too large for the data fails before the first
+    job, not after the jobs before it."""
     from ..run.parts import load_split
 
     by_data: dict[str, list[Job]] = {}
@@ -67,7 +67,8 @@ def check_data(jobs: list[Job], registry: Registry) -> None:
         smallest = int(sizes.argmin())
         for job in group:
             dcfg = job.config.distill
-            wants = getattr(registry.create("distillers", dcfg.distiller, **dcfg.params), "real_images_per_class", None)
+            distiller = registry.create("distillers", dcfg.distiller, **dcfg.params)
+            wants = getattr(distiller, "real_images_per_class", None)
             needed = wants(job.ipc) if callable(wants) else 0
             if needed > sizes[smallest]:
                 raise RddError(f"study job {job.title}: {dcfg.distiller} at IPC {job.ipc} draws {needed} real images "

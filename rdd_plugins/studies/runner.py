@@ -22,8 +22,8 @@ from ..runtime import resolve_device
 from ..storage import DistilledSet, atomic_write_text, load_distilled
 from .grid import Job, expand, load_study
 from .jobs import (JOBS_FOLDER, adopt_earlier_folder, evaluation_folder, finished_cpu_threads, finished_results,
-                   finished_set_meta, job_status, models_folder, parse_shard, present_set_folder, results_without_set, resumable,
-                   set_folder, shard_jobs)
+                   finished_set_meta, job_status, models_folder, parse_shard, present_set_folder,
+                   results_without_set, resumable, set_folder, shard_jobs)
 from .leaderboard import collect, write_leaderboard
 from .pace import seconds_left
 from .preflight import check_data, check_jobs
