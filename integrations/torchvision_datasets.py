@@ -42,7 +42,9 @@ def _fashion_folders(root: str | None) -> list[Path]:
     if root:
         r = Path(root).expanduser()
         if not r.is_dir():
-            raise RddError(f"data root {root} does not exist" if not r.exists() else f"data root {root} is not a folder")
+            what = "does not exist" if not r.exists() else "is not a folder"
+            raise RddError(f"data root {root} {what} (--data-root, data.root in a config or a study's "
+                           f"[base.data]; unset, the dataset's usual places are looked in)")
         return [r, r / "fashion-mnist", r / "FashionMNIST" / "raw"]  # plain, Debian-like, torchvision
     return [DEBIAN_FASHION_MNIST, _download_root(root) / "FashionMNIST" / "raw"]
 
@@ -62,7 +64,8 @@ def fashion_mnist(root: str | None = None, split: str = "train", *, download: bo
         looked = ", ".join(str(f) for f in _fashion_folders(root))
         raise RddError(
             f"fashion-mnist not found (looked in {looked}); install it with "
-            f"'apt-get install dataset-fashion-mnist' or pass --data-root DIR holding the IDX files"
+            f"'apt-get install dataset-fashion-mnist' or pass --data-root DIR holding the IDX files "
+            f"(data.root in a config or a study's [base.data])"
         )
     images = uint8_to_images(read_idx(pair[0]))
     labels = torch.from_numpy(read_idx(pair[1]).astype(np.int64))
@@ -92,7 +95,8 @@ def _cifar(cls_name: str, mean, std, name: str):
         except RuntimeError as exc:
             raise RddError(
                 f"{name} not found or corrupted under {folder} ({exc}); pass --data-root DIR holding "
-                f"torchvision's {name} files, or download=true in [data.params] when online"
+                f"torchvision's {name} files (data.root in a config or a study's [base.data]), or "
+                f"download=true in [data.params] when online"
             ) from exc
         images = uint8_to_images(np.asarray(ds.data), channels_last=True)
         labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)

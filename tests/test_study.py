@@ -233,9 +233,9 @@ def _with(path: str, value):
      "grid.evaluation 'b' evaluates as 'a' does"),
     # the data, loaded once per dataset before the first job: the smoke classes hold 24 images
     (_with("grid.ipc", [2, 25]), r"study job synthetic ipc 25 random seed 0: random at IPC 25 draws 25 real "
-                                 r"images per class, and class 0 of synthetic has 24"),
+                                 r"images per class, and class 0 of synthetic has 24: keep grid.ipc at most 24"),
     (_with("base.data", {"dataset": "fashion-mnist", "root": "/nonexistent-rdd-data"}),
-     r"study job fashion-mnist ipc 2 random seed 0: .*nonexistent-rdd-data"),
+     r"study dataset fashion-mnist: data root /nonexistent-rdd-data does not exist \(--data-root, data.root"),
 ])
 def test_a_bad_study_fails_in_one_line_before_any_job(tmp_path, watched, study, message):
     with pytest.raises(RddError, match=message) as error:
@@ -269,7 +269,7 @@ def test_a_missing_test_split_fails_before_the_first_job(tmp_path, monkeypatch, 
         return load_split(registry, config, split)
 
     monkeypatch.setattr(parts, "load_split", without_test_files)
-    with pytest.raises(RddError, match="^study job synthetic ipc 2 random seed 0: t10k-images-idx3-ubyte not found$"):
+    with pytest.raises(RddError, match="^study dataset synthetic: t10k-images-idx3-ubyte not found$"):
         api.study(SMOKE, out=tmp_path / "out", progress=False)
     assert watched == {"distill": [], "evaluate": []}
 
@@ -337,7 +337,7 @@ def test_the_folders_copy_of_the_study_names_it_as_the_file_did(smoke_out, tmp_p
     copy_of_file = smoke_out / runner.STUDY_FILE
     assert load_toml(copy_of_file)["name"] == SMOKE.stem == load_study(copy_of_file).name
     assert load_study({**smoke_study(), "name": "mine"}).name == "mine"
-    with pytest.raises(RddError, match="study name must be a string"):
+    with pytest.raises(RddError, match="study key name must be a string"):
         load_study({**smoke_study(), "name": 3})
 
 
@@ -360,6 +360,10 @@ def test_a_run_into_results_without_their_sets_stops_before_any_work(smoke_out, 
     assert main(["study", str(SMOKE), "--out", str(out), "--status"]) == 0
     printed = capsys.readouterr().out
     assert "4 results-only" in printed and "left at the pace" not in printed
+    # nor may another study's run replace the export's leaderboard and study.toml
+    with pytest.raises(RddError, match=r"holds results without their sets \(4 jobs, e.g. synthetic-ipc2-"):
+        api.study(_with("grid.seed", [5]), out=out, progress=False)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_the_leaderboard_is_rewritten_from_results_alone(smoke_out, tmp_path, watched, capsys):

@@ -242,7 +242,8 @@ def write_report(out: str | Path, results: list[dict], config: dict, *, title: s
         f"# {title}",
         "",
         f"Dataset {results[0]['dataset']}, {setting('n_test')} test points (the first ones, in order); "
-        f"{setting('seeds')} fresh models per set and backbone, {setting('epochs')} epochs (DC protocol). "
+        f"{setting('seeds')} model(s) per set and backbone, each trained from scratch for {setting('epochs')} "
+        f"epochs (DC protocol). "
         f"Mean ± std (ddof 0) in %. Attacks: {plans}. eps in [0, 1] pixel units (Linf) or as an L2 "
         f"radius in the same units, model in eval mode; a point counts as robust only if it is correct "
         f"both clean and attacked. The headline columns are the worst case at that eps: correct under "

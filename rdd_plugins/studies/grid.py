@@ -94,7 +94,7 @@ def load_study(source: str | Path | dict, name: str = "") -> Study:
     # (study.toml) names the study as the file it was run from did
     written = data.get("name", "")
     if not isinstance(written, str):
-        raise RddError(f"study name must be a string, not {written!r}")
+        raise RddError(f"study key name must be a string (at the top of the file), not {written!r}")
     name = name or written or ("study" if isinstance(source, dict) else Path(source).stem)
     base = _table(data.get("base", {}), "base")
     grid = _table(data.get("grid", {}), "grid")

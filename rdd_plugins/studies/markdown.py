@@ -72,7 +72,9 @@ def leaderboard_markdown(board: dict, plots: list[str]) -> str:
         made = ", ".join(f"{n} with {count} thread{'' if count == '1' else 's'}" if count.isdigit()
                          else f"{n} with an {count} count"
                          for count, n in threads.items())
-        lines += [f"CPU sets made with different thread counts ({made}): on a CPU a set rounds "
+        known = [count for count in threads if count.isdigit()]
+        what = "different thread counts" if len(known) > 1 else "thread counts not all recorded"
+        lines += [f"CPU sets made with {what} ({made}): on a CPU a set rounds "
                   f"differently with another count, so same-config jobs agree bit for bit only within one, "
                   f"and their seconds compare only within one.", ""]
     if not board["groups"]:

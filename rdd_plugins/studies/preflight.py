@@ -62,7 +62,7 @@ def check_data(jobs: list[Job], registry: Registry) -> None:
             train = load_split(registry, group[0].config, "train")
             load_split(registry, group[0].config, "test")  # every job's evaluation reads it
         except RddError as exc:
-            raise RddError(f"study job {group[0].title}: {exc}") from None
+            raise RddError(f"study dataset {group[0].dataset}: {exc}") from None
         sizes = train.labels.bincount(minlength=train.num_classes)
         smallest = int(sizes.argmin())
         for job in group:
@@ -72,4 +72,5 @@ def check_data(jobs: list[Job], registry: Registry) -> None:
             needed = wants(job.ipc) if callable(wants) else 0
             if needed > sizes[smallest]:
                 raise RddError(f"study job {job.title}: {dcfg.distiller} at IPC {job.ipc} draws {needed} real images "
-                               f"per class, and class {smallest} of {job.dataset} has {int(sizes[smallest])}")
+                               f"per class, and class {smallest} of {job.dataset} has {int(sizes[smallest])}: "
+                               f"keep grid.ipc at most {int(sizes[smallest])} for it")

@@ -151,10 +151,15 @@ def run_study(source: str | Path | dict, out: str | Path | None = None, *, shard
 def _refuse_results_without_sets(out: Path, jobs: list[Job]) -> None:
     """Stop before any work when a job's folder holds results but not their set: an exported study
     (committed results) would otherwise be distilled and evaluated over."""
-    bare = [job for job in jobs if results_without_set(present_set_folder(out, job))]
+    # every job folder there, this study's or not: a run of another study into an export would
+    # replace its leaderboard and study.toml
+    folders = sorted((out / JOBS_FOLDER).iterdir()) if (out / JOBS_FOLDER).is_dir() else []
+    bare = [job.title for job in jobs if results_without_set(present_set_folder(out, job))]
+    bare += [p.name for p in folders if p.is_dir() and results_without_set(p) and p.name not in
+             {present_set_folder(out, job).name for job in jobs}]
     if bare:
         jobs_text = f"{len(bare)} job{'s' if len(bare) > 1 else ''}"
-        raise RddError(f"{out} holds results without their sets ({jobs_text}, e.g. {bare[0].title}: an "
+        raise RddError(f"{out} holds results without their sets ({jobs_text}, e.g. {bare[0]}: an "
                        "export, or sets deleted by hand); a run would replace them: give another --out, use "
                        "--leaderboard to rewrite this folder's leaderboard from them, or remove the folders "
                        "of the jobs to distil again")
@@ -175,9 +180,9 @@ def _warn_of_another_thread_count(out: Path, jobs: list[Job], work: list[Job]) -
     others = sorted(t for t in finished_cpu_threads(out, jobs) if isinstance(t, int) and t != mine)
     if others:
         print(f"rdd: note: finished CPU sets here were made with {' or '.join(map(str, others))} "
-              f"thread{'s' if others != [1] else ''}, this process has {mine}: on a CPU their numbers round "
-              "differently (OMP_NUM_THREADS sets the count; leaderboard.json's cpu_threads counts the sets "
-              "by thread count)", file=sys.stderr)
+              f"thread{'s' if others != [1] else ''}, this process has {mine}: on a CPU what it makes rounds "
+              "differently, and evaluation models kept at another count are trained again (OMP_NUM_THREADS "
+              "sets the count; leaderboard.json's cpu_threads counts the sets by thread count)", file=sys.stderr)
 
 
 def rewrite_leaderboard(source: str | Path | dict, out: str | Path | None = None) -> dict:
