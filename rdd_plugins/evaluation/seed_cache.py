@@ -54,15 +54,13 @@ class SeedCache:
     def __init__(self, folder: str | Path, config: dict, set_sha: str, test: tuple) -> None:
         self.folder = Path(folder)
         self.base = {"config": config, "set": set_sha, "test": list(test), "versions": package_versions(),
-                     "cpu_threads": cpu_threads(str(test[-1]))}
+                     "cpu_threads": cpu_thread_count(str(test[-1]))}
 
     def _key(self, backbone: str, backbone_params: dict, seed: int) -> str:
-        doc = {**self.base, "backbone": backbone, "backbone_params": backbone_params, "seed": seed}
-        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+        return _digest({**self.base, "backbone": backbone, "backbone_params": backbone_params, "seed": seed})
 
     def _path(self, backbone: str, seed: int) -> Path:
-        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in backbone)
-        return self.folder / f"{safe}-seed{seed}.json"
+        return self.folder / f"{_safe(backbone)}-seed{seed}.json"
 
     def get(self, backbone: str, backbone_params: dict, seed: int) -> dict | None:
         path = self._path(backbone, seed)
@@ -78,12 +76,16 @@ class SeedCache:
         write_json(self._path(backbone, seed), {"key": self._key(backbone, backbone_params, seed), "result": result})
 
 
-def cpu_threads(device: str) -> int | None:
+def cpu_thread_count(device: str) -> int | None:
     """On a CPU, the intra-op thread count (float reductions split across threads round
     differently, so a model trained with another count is another model); None elsewhere."""
     import torch
 
     return torch.get_num_threads() if device == "cpu" else None
+
+
+def _digest(doc: dict) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _safe(backbone: str) -> str:
@@ -105,12 +107,11 @@ class ModelCache:
         self.base = {"set": set_sha, "evaluate": training,
                      "data": {"dataset": data.get("dataset"), "params": data.get("params")},
                      "numerics": {k: config.get(k) for k in ("deterministic", "tf32")},
-                     "device": device, "cpu_threads": cpu_threads(device),
+                     "device": device, "cpu_threads": cpu_thread_count(device),
                      "versions": {k: versions.get(k) for k in ("rdd-plugins", "torch", "torchvision")}}
 
     def _path(self, backbone: str, backbone_params: dict, seed: int) -> Path:
-        doc = {**self.base, "backbone": backbone, "backbone_params": backbone_params, "seed": seed}
-        key = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+        key = _digest({**self.base, "backbone": backbone, "backbone_params": backbone_params, "seed": seed})
         return self.folder / f"{_safe(backbone)}-seed{seed}-{key[:16]}.safetensors"
 
     def get(self, backbone: str, backbone_params: dict, seed: int, make_model) -> tuple[nn.Module, float] | None:

@@ -22,8 +22,8 @@ from ..runtime import resolve_device
 from ..storage import DistilledSet, atomic_write_text, load_distilled
 from .grid import Job, expand, load_study
 from .jobs import (JOBS_FOLDER, adopt_earlier_folder, evaluation_folder, finished_cpu_threads, finished_results,
-                   finished_set_meta, job_status, models_folder, parse_shard, present_set_folder,
-                   results_without_set, resumable, set_folder, shard_jobs)
+                   finished_set_meta, job_status, models_folder, parse_shard, results_without_set, resumable,
+                   set_folder, shard_jobs)
 from .leaderboard import collect, write_leaderboard
 from .pace import seconds_left
 from .preflight import check_data, check_jobs
@@ -67,13 +67,12 @@ def obtain_set(job: Job, folder: Path, registry: Registry, progress: bool) -> tu
 
 
 def run_job(job: Job, out: Path, registry: Registry, progress: bool) -> str:
-    """"skipped"; "re-evaluated" (its set kept, an evaluation missing); or "resumed" or "distilled"
-    and then evaluated (its main evaluation, then each further one, each only where missing)."""
+    """An unfinished job (run_study skips the finished ones) done: "re-evaluated" (its set kept, an
+    evaluation missing), or "resumed" or "distilled" and then evaluated (its main evaluation, then
+    each further one, each only where missing)."""
     set_dir = set_folder(out, job)
     evaluations = [job.config, *(config for _, config in job.extra)]
     missing = [c for c in evaluations if finished_results(evaluation_folder(out, job, c), c) is None]
-    if not missing and finished_set_meta(set_dir, job.config) is not None:
-        return "skipped"
     distilled, how = obtain_set(job, set_dir, registry, progress)
     # a set made now makes every evaluation of the one it replaced stale
     for config in missing if how == "reused" else evaluations:
@@ -136,7 +135,7 @@ def run_study(source: str | Path | dict, out: str | Path | None = None, *, shard
                 failed.append(f"{job.title}: {exc}")
                 how = "failed"
             done[how] = done.get(how, 0) + 1
-            if how not in ("skipped", "failed"):
+            if how != "failed":
                 write_leaderboard(out, study, jobs)
             pbar.update(1)
     board = write_leaderboard(out, study, jobs)
@@ -154,9 +153,7 @@ def _refuse_results_without_sets(out: Path, jobs: list[Job]) -> None:
     # every job folder there, this study's or not: a run of another study into an export would
     # replace its leaderboard and study.toml
     folders = sorted((out / JOBS_FOLDER).iterdir()) if (out / JOBS_FOLDER).is_dir() else []
-    bare = [job.title for job in jobs if results_without_set(present_set_folder(out, job))]
-    bare += [p.name for p in folders if p.is_dir() and results_without_set(p) and p.name not in
-             {present_set_folder(out, job).name for job in jobs}]
+    bare = [p.name for p in folders if p.is_dir() and results_without_set(p)]
     if bare:
         jobs_text = f"{len(bare)} job{'s' if len(bare) > 1 else ''}"
         raise RddError(f"{out} holds results without their sets ({jobs_text}, e.g. {bare[0]}: an "
